@@ -1,0 +1,1 @@
+"""Preprocessing: a talking-head video becomes a subject directory (`synctalk prep`)."""

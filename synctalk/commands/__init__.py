@@ -1,0 +1,1 @@
+"""One module per ``synctalk`` subcommand; each exposes ``register(subparsers)``."""
