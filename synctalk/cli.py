@@ -21,10 +21,18 @@ from synctalk.errors import SyncTalkError
 COMMAND_MODULES = ("demo", "synth", "doctor", "models")
 
 
+class ConfigFileParser(configargparse.YAMLConfigFileParser):
+    """YAML config files whose keys are option names with dashes or underscores
+    (``motion_scale: 0.5`` and ``motion-scale: 0.5`` both set ``--motion-scale``)."""
+
+    def parse(self, stream):
+        return {key.replace("_", "-"): value for key, value in super().parse(stream).items()}
+
+
 def subcommand_parser_kwargs() -> dict:
     """Keyword arguments every subcommand parser is created with (config + env support)."""
     return dict(
-        config_file_parser_class=configargparse.YAMLConfigFileParser,
+        config_file_parser_class=ConfigFileParser,
         args_for_setting_config_path=["-c", "--config"],
         config_arg_help_message="YAML config file (see configs/); keys are option names",
         auto_env_var_prefix="SYNCTALK_",

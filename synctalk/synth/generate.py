@@ -109,7 +109,7 @@ def generate(out_dir, opts: SynthOptions) -> dict:
         }
         write_json_atomic(tmp / "ground_truth.json", gt)
     t_render = time.perf_counter() - t1
-    log.info("synth: %d frames (%.1f s) at %dx%d, %.1f fps -> %s  [setup %.1fs, render+encode %.1fs]",
+    log.debug("synth: %d frames (%.1f s) at %dx%d, %.1f fps -> %s  [setup %.1fs, render+encode %.1fs]",
              n, n / opts.fps, opts.size, opts.size, opts.fps, out_dir, t_setup, t_render)
     return {"out": str(out_dir), "clip": str(out_dir / "clip.mp4"),
             "ground_truth": str(out_dir / "ground_truth.json"), "n_frames": n,
