@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import types
 
 import pytest
 
@@ -75,10 +76,9 @@ def test_doctor_reports_a_corrupt_model_without_touching_it(capsys):
 
 
 def test_doctor_shows_native_ops_status(monkeypatch, capsys):
-    import synctalk.ops
-
-    monkeypatch.setattr(synctalk.ops, "native_status", lambda: "cpu: built (openmp)",
-                        raising=False)
+    ops = types.ModuleType("synctalk.ops")
+    ops.native_status = lambda: "cpu: built (openmp)"
+    monkeypatch.setitem(sys.modules, "synctalk.ops", ops)
     _, report = _doctor_json(capsys)
     assert report["by_name"]["native ops"]["detail"] == "cpu: built (openmp)"
 
