@@ -18,7 +18,7 @@ from synctalk import __version__
 from synctalk.errors import SyncTalkError
 
 #: Modules under ``synctalk.commands`` registered as subcommands, in ``--help`` order.
-COMMAND_MODULES = ("demo", "synth", "doctor", "models")
+COMMAND_MODULES = ("demo", "synth", "doctor", "models", "ave")
 
 
 class ConfigFileParser(configargparse.YAMLConfigFileParser):
@@ -38,6 +38,13 @@ def subcommand_parser_kwargs() -> dict:
         auto_env_var_prefix="SYNCTALK_",
         formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
     )
+
+
+def group_parser_kwargs() -> dict:
+    """Keyword arguments of a parser that only dispatches to nested actions
+    (``synctalk models fetch``): no config file or environment options at that level,
+    or a ``-c`` read there would turn the action's config keys into unknown options."""
+    return dict(formatter_class=configargparse.ArgumentDefaultsHelpFormatter)
 
 
 def build_parser() -> configargparse.ArgParser:

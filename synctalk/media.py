@@ -27,7 +27,8 @@ def ffmpeg_exe() -> str:
 def read_audio(path, sr: int = 16000) -> np.ndarray:
     """Decode any audio (or the audio track of a video) to mono float32 at ``sr`` Hz.
 
-    Channels are averaged; resampling is done by ffmpeg (swr, default filter).
+    Channels are averaged (so a stereo file with the same signal in both channels gives
+    that signal); resampling is done by ffmpeg (swr, default filter).
 
     Returns:
         ``[n_samples]`` float32 in [-1, 1].
@@ -37,18 +38,38 @@ def read_audio(path, sr: int = 16000) -> np.ndarray:
     """
     path = require_file(path, "audio file")
     cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-vn", "-map", "0:a:0",
-           "-ac", "1", "-ar", str(sr), "-f", "f32le", "-"]
+           "-ar", str(sr), "-c:a", "pcm_f32le", "-f", "wav", "-"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
-        msg = proc.stderr.decode(errors="replace").strip().splitlines()
-        detail = msg[-1] if msg else "unknown ffmpeg error"
-        if "matches no streams" in proc.stderr.decode(errors="replace"):
-            detail = "the file has no audio stream"
+        err = proc.stderr.decode(errors="replace")
+        lines = err.strip().splitlines()
+        detail = "the file has no audio stream" if "matches no streams" in err else (
+            lines[-1] if lines else "unknown ffmpeg error")
         raise MediaError(f"cannot decode audio from {path}: {detail}")
-    audio = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
+    channels, data = _parse_wav_stream(proc.stdout)
+    audio = np.frombuffer(data[: len(data) // (4 * channels) * 4 * channels], dtype="<f4")
+    audio = audio.reshape(-1, channels).mean(axis=1, dtype=np.float64).astype(np.float32)
     if audio.size == 0:
         raise MediaError(f"{path} contains no audio samples.")
     return audio
+
+
+def _parse_wav_stream(buf: bytes) -> tuple[int, bytes]:
+    """Channel count and sample bytes of a RIFF/WAVE stream written by ffmpeg to a pipe
+    (whose size fields are unknown, so the data chunk runs to the end of the buffer)."""
+    if buf[:4] != b"RIFF" or buf[8:12] != b"WAVE":
+        raise MediaError("ffmpeg did not produce a WAV stream")
+    pos, channels = 12, None
+    while pos + 8 <= len(buf):
+        cid, size = buf[pos:pos + 4], int.from_bytes(buf[pos + 4:pos + 8], "little")
+        if cid == b"fmt ":
+            channels = int.from_bytes(buf[pos + 10:pos + 12], "little")
+        elif cid == b"data":
+            if not channels:
+                break
+            return channels, buf[pos + 8:]
+        pos += 8 + size + (size & 1)
+    raise MediaError("malformed WAV stream from ffmpeg")
 
 
 def write_wav(path, audio: np.ndarray, sr: int = 16000) -> None:

@@ -73,3 +73,14 @@ def test_write_mp4_rejects_odd_sizes_and_leaves_nothing(tmp_path):
     with pytest.raises(MediaError, match="even"):
         write_mp4(tmp_path / "x.mp4", [np.zeros((31, 32, 3), np.uint8)], 25)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_read_audio_averages_channels(tmp_path):
+    """Stereo with the same signal in both channels decodes to that signal, not louder."""
+    sr = 16000
+    x = 0.3 * np.sin(2 * np.pi * 300 * np.arange(sr) / sr)
+    stereo = np.stack([x, x], 1).astype("<f4")
+    path = tmp_path / "st.wav"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "f32le", "-ar", str(sr), "-ac", "2", "-i", "-",
+                    "-c:a", "pcm_f32le", str(path)], input=stereo.tobytes(), check=True)
+    np.testing.assert_allclose(read_audio(path, sr), x, atol=1e-6)

@@ -289,3 +289,12 @@ def test_cli_models_needs_an_action(capsys):
         main(["models"])
     assert exc.value.code == 2
     assert "required: ACTION" in capsys.readouterr().err
+
+
+def test_models_fetch_reads_its_own_config_file(tmp_path, face_landmarker_path):
+    """A config file given to a nested action (`models fetch -c`) sets that action's options."""
+    from synctalk.cli import main
+
+    cfg = tmp_path / "fetch.yaml"
+    cfg.write_text(f"no-download: true\nface-landmarker: {face_landmarker_path}\n")
+    assert main(["models", "fetch", "-c", str(cfg)]) == 0

@@ -1,7 +1,7 @@
 """``synctalk models fetch|list``: get and inspect the external model files."""
 from __future__ import annotations
 
-from synctalk.cli import subcommand_parser_kwargs
+from synctalk.cli import group_parser_kwargs, subcommand_parser_kwargs
 from synctalk.models import MODELS, model_status, resolve_model
 
 
@@ -13,7 +13,7 @@ def register(subparsers) -> None:
                     "explicit option → SYNCTALK_<NAME> environment variable → user cache "
                     "(SYNCTALK_CACHE_DIR, else $XDG_CACHE_HOME/synctalk, else "
                     "~/.cache/synctalk) → download (official URL, then PyPI).",
-        **subcommand_parser_kwargs())
+        **group_parser_kwargs())
     actions = parser.add_subparsers(dest="models_action", metavar="ACTION")
     actions.required = True
 
