@@ -19,6 +19,7 @@ S = crop side in pixels):
                            in that frame), ``valid [N]`` bool (usable for training: detected or
                            interpolated across a gap ≤ 5 frames)
 ``background.png``         S×S RGB background plate
+``background_seen.png``    S×S uint8 0/255: plate pixels actually seen (the rest is inpainted)
 ``masks/%06d.png``         uint8 label map: 0 background, 1 head (face + hair), 2 neck, 3 torso
 ``face_masks/%06d.png``    uint8 0/255: skin, brows, eyes, nose, lips (no hair, ears, neck)
 ``torso/%06d.png``         RGBA torso image: head removed and the gap filled
