@@ -40,3 +40,27 @@ def tracker_agreement(synth_dir, model_path) -> dict:
         "yaw_gain": float(np.polyfit(yaw_gt, yaw_mp, 1)[0]),
         "key_landmark_err_px": float(np.mean(key_err)),
     }
+
+
+def pose_agreement(synth_dir, subject_dir) -> dict:
+    """Compare a prepared subject's stabilised head poses with the synth's true rotations.
+
+    Returns the median relative-rotation error over frame pairs at lags 5–200
+    (``relative_rotation_error_deg``; the same for MediaPipe's raw poses) and the rotation
+    jitter of the estimate and of the truth (degrees).
+    """
+    from data_prep.stabilize import (head_to_camera_rotations, mediapipe_rotations,
+                                     relative_rotation_error_deg, rotation_jitter_deg)
+
+    gt = json.loads((Path(synth_dir) / "ground_truth.json").read_text())
+    r_true = np.array([f["rotation"] for f in gt["frames"]], np.float64)
+    est = head_to_camera_rotations(np.load(Path(subject_dir) / "poses.npz")["c2w"])
+    raw = mediapipe_rotations(np.load(Path(subject_dir) / "track.npz")["matrices"])
+    n = min(len(r_true), len(est))
+    return {
+        "n_frames": n,
+        "relative_rotation_error_deg": relative_rotation_error_deg(r_true[:n], est[:n]),
+        "raw_relative_rotation_error_deg": relative_rotation_error_deg(r_true[:n], raw[:n]),
+        "jitter_deg": rotation_jitter_deg(est[:n]),
+        "true_jitter_deg": rotation_jitter_deg(r_true[:n]),
+    }
