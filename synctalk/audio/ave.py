@@ -13,11 +13,17 @@ Layouts (state-dict keys are those of the published checkpoints):
 * face branch, ``[B, 15, 48, 96]`` → ``[B, 512, 1, 1]``: Wav2Lip ``SyncNet_color``'s
   ``face_encoder`` (17 blocks).
 
+Reduced width: ``width`` (0 < width ≤ 1) multiplies every hidden channel count of both
+branches (rounded, at least 1); the last block of each branch still outputs 512 channels, so
+embeddings stay 512-d. ``width=1`` is the published layout. A slim AVE (e.g. ``width=0.25``,
+≈1/16 of the compute) is what trains in minutes on a CPU (see ``synctalk.audio.train``).
+
 File format (:func:`save_ave` / :func:`load_ave`): ``torch.save`` of
-``{"format": "synctalk-ave/1", "arch": {"audio_layout": str, "has_face": bool},
-"state_dict": {...}, "meta": {...}}``, readable with ``torch.load(weights_only=True)``. Without
-a face branch only the ``audio.*`` entries are stored (≈11 MB instead of ≈64 MB) and the face
-branch is re-created from its seeded initialisation on load.
+``{"format": "synctalk-ave/1", "arch": {"audio_layout": str, "has_face": bool, "width": float},
+"state_dict": {...}, "meta": {...}}``, readable with ``torch.load(weights_only=True)``; files
+without ``width`` are full width. Without a face branch only the ``audio.*`` entries are
+stored (≈11 MB instead of ≈64 MB at full width) and the face branch is re-created from its
+seeded initialisation on load.
 """
 from __future__ import annotations
 
@@ -73,6 +79,17 @@ def _res(c: int, n: int) -> list[Conv2dBlock]:
     return [Conv2dBlock(c, c, 3, 1, 1, residual=True) for _ in range(n)]
 
 
+def _check_width(width: float) -> float:
+    if not (isinstance(width, (int, float)) and not isinstance(width, bool) and 0 < width <= 1):
+        raise ValueError(f"width must be a number in (0, 1], got {width!r}")
+    return float(width)
+
+
+def _scaled(width: float):
+    """Channel-count scaler: ``c → max(1, round(c · width))``."""
+    return lambda c: max(1, round(c * width))
+
+
 class AudioEncoder(nn.Sequential):
     """Mel window ``[B, 1, 80, 16]`` → ``[B, 512, 1, 1]`` (non-negative: ends in a ReLU).
 
@@ -80,18 +97,20 @@ class AudioEncoder(nn.Sequential):
 
     Args:
         layout: :data:`SYNCTALK` (13 blocks, ≈2.8 M parameters) or :data:`WAV2LIP` (14 blocks).
+        width: hidden-channel multiplier in (0, 1]; the output stays 512 channels.
     """
 
-    def __init__(self, layout: str = SYNCTALK) -> None:
+    def __init__(self, layout: str = SYNCTALK, width: float = 1.0) -> None:
         if layout not in AUDIO_LAYOUTS:
             raise ValueError(f"unknown audio layout {layout!r}; expected one of {list(AUDIO_LAYOUTS)}")
+        w = _scaled(_check_width(width))
         super().__init__(
-            Conv2dBlock(1, 32, 3, 1, 1), *_res(32, 2),
-            Conv2dBlock(32, 64, 3, (3, 1), 1), *_res(64, 2),
-            Conv2dBlock(64, 128, 3, 3, 1), *_res(128, 2),
-            Conv2dBlock(128, 256, 3, (3, 2), 1), *_res(256, AUDIO_LAYOUTS[layout]),
-            Conv2dBlock(256, 512, 3, 1, 0),
-            Conv2dBlock(512, 512, 1, 1, 0),
+            Conv2dBlock(1, w(32), 3, 1, 1), *_res(w(32), 2),
+            Conv2dBlock(w(32), w(64), 3, (3, 1), 1), *_res(w(64), 2),
+            Conv2dBlock(w(64), w(128), 3, 3, 1), *_res(w(128), 2),
+            Conv2dBlock(w(128), w(256), 3, (3, 2), 1), *_res(w(256), AUDIO_LAYOUTS[layout]),
+            Conv2dBlock(w(256), w(512), 3, 1, 0),
+            Conv2dBlock(w(512), EMBED_DIM, 1, 1, 0),
         )
         self.layout = layout
 
@@ -101,18 +120,22 @@ class FaceEncoder(nn.Sequential):
 
     Spatial sizes: 48×96 → 46×47 (k5, stride (1,2)) → 23×24 → 12×12 → 6×6 → 3×3 → 1×1.
     Other input sizes run but do not reduce to 1×1.
+
+    Args:
+        width: hidden-channel multiplier in (0, 1]; the output stays 512 channels.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, width: float = 1.0) -> None:
+        w = _scaled(_check_width(width))
         super().__init__(
-            Conv2dBlock(3 * FACE_FRAMES, 32, 7, 1, 3),
-            Conv2dBlock(32, 64, 5, (1, 2), 1), *_res(64, 2),
-            Conv2dBlock(64, 128, 3, 2, 1), *_res(128, 3),
-            Conv2dBlock(128, 256, 3, 2, 1), *_res(256, 2),
-            Conv2dBlock(256, 512, 3, 2, 1), *_res(512, 2),
-            Conv2dBlock(512, 512, 3, 2, 1),
-            Conv2dBlock(512, 512, 3, 1, 0),
-            Conv2dBlock(512, 512, 1, 1, 0),
+            Conv2dBlock(3 * FACE_FRAMES, w(32), 7, 1, 3),
+            Conv2dBlock(w(32), w(64), 5, (1, 2), 1), *_res(w(64), 2),
+            Conv2dBlock(w(64), w(128), 3, 2, 1), *_res(w(128), 3),
+            Conv2dBlock(w(128), w(256), 3, 2, 1), *_res(w(256), 2),
+            Conv2dBlock(w(256), w(512), 3, 2, 1), *_res(w(512), 2),
+            Conv2dBlock(w(512), w(512), 3, 2, 1),
+            Conv2dBlock(w(512), w(512), 3, 1, 0),
+            Conv2dBlock(w(512), EMBED_DIM, 1, 1, 0),
         )
 
 
@@ -133,14 +156,16 @@ class AVE(nn.Module):
     Args:
         audio_layout: :data:`SYNCTALK` or :data:`WAV2LIP` (see :class:`AudioEncoder`).
         seed: seed of the initial weights.
+        width: hidden-channel multiplier of both branches, in (0, 1] (1: published layout).
     """
 
-    def __init__(self, audio_layout: str = SYNCTALK, seed: int = 0) -> None:
+    def __init__(self, audio_layout: str = SYNCTALK, seed: int = 0, width: float = 1.0) -> None:
         super().__init__()
+        self.width = _check_width(width)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.audio = AudioEncoder(audio_layout)
-            self.face = FaceEncoder()
+            self.audio = AudioEncoder(audio_layout, width)
+            self.face = FaceEncoder(width)
 
     @property
     def audio_layout(self) -> str:
@@ -230,8 +255,8 @@ def save_ave(path, model: AVE, meta: Mapping[str, Any], *, with_face: bool = Tru
         raise ValueError(f"AVE meta must be JSON-serialisable: {e}") from e
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()
              if with_face or k.startswith("audio.")}
-    payload = {"format": FORMAT, "arch": {"audio_layout": model.audio_layout, "has_face": with_face},
-               "state_dict": state, "meta": meta}
+    arch = {"audio_layout": model.audio_layout, "has_face": with_face, "width": model.width}
+    payload = {"format": FORMAT, "arch": arch, "state_dict": state, "meta": meta}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -240,8 +265,8 @@ def load_ave(path) -> tuple[AVE, dict[str, Any]]:
     """Read a file written by :func:`save_ave`.
 
     Returns:
-        ``(model, meta)``; the model is on the CPU in eval mode. A file saved without its face
-        branch gets the ``seed=0`` initial face weights.
+        ``(model, meta)``; the model is on the CPU in eval mode, rebuilt at the file's
+        ``width``. A file saved without its face branch gets the ``seed=0`` initial face weights.
 
     Raises:
         InputError: ``path`` is missing. ModelFileError: not an AVE file, or its weights do
@@ -259,11 +284,15 @@ def load_ave(path) -> tuple[AVE, dict[str, Any]]:
         found = payload.get("format") if isinstance(payload, Mapping) else type(payload).__name__
         raise ModelFileError(f"{path} is not a {FORMAT} file (format: {found!r}) — {hint}")
     arch = payload.get("arch") if isinstance(payload.get("arch"), Mapping) else {}
-    layout, has_face = arch.get("audio_layout"), arch.get("has_face")
-    if layout not in AUDIO_LAYOUTS or not isinstance(has_face, bool):
+    layout, has_face, width = arch.get("audio_layout"), arch.get("has_face"), arch.get("width", 1.0)
+    try:
+        model = AVE(layout, width=width) if isinstance(has_face, bool) else None
+    except ValueError:
+        model = None
+    if model is None:
         raise ModelFileError(f"{path} has an unknown architecture {dict(arch)!r} (audio layouts: "
-                             f"{', '.join(AUDIO_LAYOUTS)}; has_face: true/false) — {hint}")
-    model = AVE(layout)
+                             f"{', '.join(AUDIO_LAYOUTS)}; has_face: true/false; width in (0, 1]) "
+                             f"— {hint}")
     # Without a face branch the file holds audio.* only: check and load just that part.
     target = model if has_face else nn.ModuleDict({"audio": model.audio})
     state = payload.get("state_dict")
