@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.subject import frame_name
+from data_prep.subject import frame_name, params_from_dict
 from synctalk.errors import InputError, ModelFileError, OutputError
 from synctalk.fsutil import atomic_dir, atomic_path
 from synctalk.synth.face import FACE_OVAL
@@ -111,12 +111,7 @@ class SegmentParams:
     @classmethod
     def from_dict(cls, params: dict | None) -> "SegmentParams":
         """Build from a (partial) dict; unknown keys are an :class:`InputError`."""
-        params = dict(params or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise InputError(f"unknown segment parameter(s) {unknown}; known: {sorted(names)}")
-        return cls(**params)
+        return params_from_dict(cls, params, "segment")
 
 
 #: Defaults, as the dict the step runner records in the manifest.

@@ -46,6 +46,7 @@ from scipy.linalg.lapack import dpbtrf, dtbtrs
 from scipy.spatial import Delaunay
 from scipy.spatial.transform import Rotation, Slerp
 
+from data_prep.subject import params_from_dict
 from synctalk.errors import InputError
 from synctalk.fsutil import atomic_path
 
@@ -1076,14 +1077,9 @@ class StabilizeParams:
     def from_dict(cls, params: dict | None) -> "StabilizeParams":
         """Build from a ``params`` dict; unknown keys are an :class:`InputError`."""
         params = dict(params or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise InputError(f"unknown stabilize parameter(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(names))}")
         if params.get("principal_point") is not None:
             params["principal_point"] = tuple(float(v) for v in params["principal_point"])
-        return cls(**params)
+        return params_from_dict(cls, params, "stabilize")
 
     def ba_settings(self, width: int) -> BASettings:
         """The bundle adjustment's settings for frames ``width`` px wide."""

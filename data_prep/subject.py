@@ -120,6 +120,20 @@ def tool_versions() -> dict:
     return out
 
 
+def params_from_dict(cls, params: dict | None, step: str):
+    """Build the parameter dataclass ``cls`` of ``step`` from a (partial) dict;
+    unknown keys are an :class:`InputError` naming the known ones."""
+    from dataclasses import fields
+
+    params = dict(params or {})
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise InputError(f"unknown {step} parameter(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(names))}")
+    return cls(**params)
+
+
 @dataclass
 class Step:
     """One resumable preprocessing step.
