@@ -62,7 +62,8 @@ def test_ave_features_are_the_audio_branch_on_centred_windows(speech, ave):
 def test_clip_normalised_ave_standardises_mel_bands(speech, ave):
     mel = M.melspectrogram(speech)
     mean, std = mel_band_stats(mel)
-    windows = (M.frame_windows(mel, 40, 25.0) - torch.from_numpy(mean)[:, None]) / torch.from_numpy(std)[:, None]
+    mean, std = torch.from_numpy(mean)[:, None], torch.from_numpy(std)[:, None]
+    windows = (M.frame_windows(mel, 40, 25.0) - mean) / std
     feats = ave_features(speech, 25.0, 40, ave, mel_norm="clip")
     with torch.no_grad():
         assert torch.allclose(feats, ave.audio(windows).flatten(1), atol=1e-5)
@@ -104,7 +105,8 @@ def test_streaming_mel_equals_offline(speech, n):
     stream = StreamingMel()
     parts = [stream.push(c) for c in _chunks(x, n)] + [stream.finish()]
     assert all(p.shape[0] == 80 for p in parts)
-    np.testing.assert_allclose(np.concatenate(parts, axis=1), M.melspectrogram(x).numpy(), atol=1e-5)
+    streamed = np.concatenate(parts, axis=1)
+    np.testing.assert_allclose(streamed, M.melspectrogram(x).numpy(), atol=1e-5)
 
 
 def test_streaming_keeps_memory_bounded(speech):
@@ -153,8 +155,9 @@ def tiny_hf(tmp_path_factory) -> dict[str, Path]:
     out = {}
     common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                   conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    for name, config, model in (("hubert", transformers.HubertConfig, transformers.HubertModel),
-                                ("wav2vec2", transformers.Wav2Vec2Config, transformers.Wav2Vec2Model)):
+    kinds = (("hubert", transformers.HubertConfig, transformers.HubertModel),
+             ("wav2vec2", transformers.Wav2Vec2Config, transformers.Wav2Vec2Model))
+    for name, config, model in kinds:
         torch.manual_seed(0)
         path = tmp_path_factory.mktemp(name)
         model(config(**common)).save_pretrained(path)
@@ -205,7 +208,8 @@ def subject(tmp_path, speech) -> Path:
     for i in range(82):
         (root / "frames" / f"{i:06d}.jpg").write_bytes(b"")
     (root / "manifest.json").write_text(json.dumps(
-        {"format": "synctalk-subject/1", "source": {}, "steps": {"ingest": {"info": {"fps": 25.0}}}}))
+        {"format": "synctalk-subject/1", "source": {},
+         "steps": {"ingest": {"info": {"fps": 25.0}}}}))
     write_wav(root / "audio.wav", speech)
     return root
 

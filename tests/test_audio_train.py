@@ -14,8 +14,9 @@ import torch
 
 from synctalk.audio import mel as M
 from synctalk.audio.ave import AVE, FORMAT, load_ave, save_ave
-from synctalk.audio.dataset import (FACE_OVAL, ClipPortion, InputSpec, MouthClip, face_boxes, face_inputs,
-                                    find_clips, genuine_windows, load_clip, mel_inputs, split_clip)
+from synctalk.audio.dataset import (FACE_OVAL, ClipPortion, InputSpec, MouthClip, face_boxes,
+                                    face_inputs, find_clips, genuine_windows, load_clip,
+                                    mel_inputs, split_clip)
 from synctalk.audio.sampling import MIN_SHIFT, SyncSampler, translate
 from synctalk.audio.score import shift_similarities, sync_score
 from synctalk.audio.train import TrainConfig, evaluate, sync_loss, train
@@ -96,7 +97,8 @@ def test_subject_dir_gives_the_same_crops_as_its_video(synth_clip, clip, tmp_pat
              detected=track.detected)
     write_wav(subject / "audio.wav", read_audio(video))
     (subject / "manifest.json").write_text(json.dumps(
-        {"format": "synctalk-subject/1", "source": {}, "steps": {"ingest": {"info": {"fps": 25.0}}}}))
+        {"format": "synctalk-subject/1", "source": {},
+         "steps": {"ingest": {"info": {"fps": 25.0}}}}))
     assert find_clips([tmp_path]) == [subject]
     sub = load_clip(subject, cache_dir=tmp_path / "cache")
     assert sub.crops.shape == clip.crops.shape and sub.fps == 25.0
@@ -145,10 +147,12 @@ def test_per_clip_normalisation(clip):
     assert torch.allclose(mels.mean(dim=(0, 1, 3)), torch.zeros(80), atol=0.3)
     # centre frame t sits in channels 6–8; Wav2Lip convention is BGR in [0, 1]
     bgr = face_inputs(p, frames[:1], InputSpec("bgr", "raw"))
-    assert torch.allclose(bgr[0, 6], torch.from_numpy(clip.crops[frames[0], :, :, 2] / 255.0).float())
+    blue = torch.from_numpy(clip.crops[frames[0], :, :, 2] / 255.0).float()
+    assert torch.allclose(bgr[0, 6], blue)
     louder = mel_inputs(p, frames[:4], InputSpec(mel="raw"), gain_db=torch.full((4,), 6.0))
     quiet = mel_inputs(p, frames[:4], InputSpec(mel="raw"))
-    assert torch.all(louder >= quiet) and float((louder - quiet).max()) == pytest.approx(0.48, abs=1e-5)
+    assert torch.all(louder >= quiet)
+    assert float((louder - quiet).max()) == pytest.approx(0.48, abs=1e-5)  # 8 · 6 dB / 100
 
 
 def test_sampler_batches_are_balanced_and_deterministic(clip):
@@ -167,7 +171,8 @@ def test_sampler_batches_are_balanced_and_deterministic(clip):
         sampler.batch(7, torch.Generator())
     x = torch.arange(2 * 1 * 3 * 4, dtype=torch.float32).reshape(2, 1, 3, 4)
     shifted = translate(x, torch.tensor([[1, 0], [0, -1]]))
-    assert torch.equal(shifted[0, 0, :, 1:], x[0, 0, :, :-1]) and torch.equal(shifted[0, 0, :, 0], x[0, 0, :, 0])
+    assert torch.equal(shifted[0, 0, :, 1:], x[0, 0, :, :-1])
+    assert torch.equal(shifted[0, 0, :, 0], x[0, 0, :, 0])
     assert torch.equal(shifted[1, 0, :-1], x[1, 0, 1:])
 
 
@@ -196,7 +201,8 @@ def test_loss_goes_down_on_a_fixed_batch(clip):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(12):
-        loss = sync_loss(model.embed_audio(batch.mels), model.embed_face(batch.faces), batch.targets)
+        loss = sync_loss(model.embed_audio(batch.mels), model.embed_face(batch.faces),
+                         batch.targets)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -365,7 +371,8 @@ def test_cli_train_then_score(cli_main, synth_clip, tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "trained 2 steps" in stdout and "held-out" in stdout and "s/epoch" in stdout
     assert load_ave(out)[0].width == 0.125
-    rc = cli_main(["ave", "score", str(video), "--ave", str(out), "--cache-dir", str(cache), "--json"])
+    rc = cli_main(["ave", "score", str(video), "--ave", str(out), "--cache-dir", str(cache),
+                   "--json"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert -15 <= result["offset_frames"] <= 15 and result["frames_used"] > 100
@@ -387,7 +394,8 @@ def test_cli_score_errors_are_one_line(cli_main, synth_clip, tmp_path, capsys):
     save_ave(trained, model, {"has_face": True, "inputs": InputSpec().to_meta()})
     for extra, message in [(["--ave", str(audio_only)], "no trained face branch"),
                            (["--ave", str(wrong)], "does not match the AVE architecture"),
-                           (["--ave", str(trained), "--audio", str(bad_audio)], "cannot decode audio")]:
+                           (["--ave", str(trained), "--audio", str(bad_audio)],
+                            "cannot decode audio")]:
         rc = cli_main(["ave", "score", str(video), "--cache-dir", str(cache), *extra])
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and message in err, err
@@ -405,6 +413,6 @@ def test_video_without_a_face_is_refused(tmp_path, face_landmarker_path):
                   face_landmarker=face_landmarker_path)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
     write_mp4(tmp_path / "silent.mp4", frames, 25.0)
-    with pytest.raises(MediaError, match="no audio stream"):
+    with pytest.raises(MediaError, match="no audio"):
         load_clip(tmp_path / "silent.mp4", cache_dir=tmp_path / "cache",
                   face_landmarker=face_landmarker_path)

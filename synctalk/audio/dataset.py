@@ -32,8 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import re
-import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -43,7 +41,7 @@ import torch
 
 from synctalk.audio import mel as M
 from synctalk.audio.ave import FACE_CROP, FACE_FRAMES
-from synctalk.errors import InputError
+from synctalk.errors import InputError, require_file
 from synctalk.fsutil import atomic_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -100,7 +98,7 @@ class MouthClip:
     """One clip's lip-sync data.
 
     Attributes:
-        name: label for messages and logs (file or directory name).
+        name: label for messages and logs (``folder/file`` of a video, a subject's name).
         fps: video frame rate.
         crops: ``[N, 48, 96, 3]`` uint8 RGB mouth crops (may be a read-only memory map).
         valid: ``[N]`` bool, a face was tracked in the frame.
@@ -118,11 +116,6 @@ class MouthClip:
     @property
     def n_frames(self) -> int:
         return int(self.crops.shape[0])
-
-    def with_audio(self, audio: np.ndarray) -> "MouthClip":
-        """The same crops with other 16 kHz mono audio (sample 0 heard with frame 0)."""
-        return MouthClip(self.name, self.fps, self.crops, self.valid,
-                         M.melspectrogram(audio).numpy(), self.key)
 
 
 # ---------------------------------------------------------------- crops from landmarks
@@ -251,44 +244,24 @@ def subject_info(subject) -> tuple[int, float]:
         return int(z["landmarks"].shape[0]), float(fps)
 
 
-def stream_start_times(path) -> tuple[float, float]:
-    """``(video_start_s, audio_start_s)``: presentation time of each stream's first frame/sample.
-
-    Read from ffmpeg's stream listing, which prints ``start S`` for a stream only when it is
-    not 0.
-    """
-    from synctalk.media import ffmpeg_exe
-
-    err = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
-                         capture_output=True, text=True, errors="replace").stderr
-    starts = []
-    for kind in ("Video", "Audio"):
-        line = re.search(rf"Stream #\d+:\d+.*?: {kind}: (.*)", err)
-        start = re.search(r"\bstart (-?[\d.]+)", line.group(1)) if line else None
-        starts.append(float(start.group(1)) if start else 0.0)
-    return starts[0], starts[1]
-
-
 def video_audio(path) -> np.ndarray:
     """A video's audio track at 16 kHz mono, aligned so that sample 0 is heard with frame 0.
 
     A stream that starts later than the other (e.g. video at 0.08 s, audio at 0) is
-    compensated: leading audio before the first video frame is dropped, or silence is
-    prepended when the audio starts after it.
+    compensated as in prep's ingest: leading audio before the first video frame is dropped,
+    or silence is prepended when the audio starts after it.
 
     Returns:
         ``[n]`` float32.
     """
+    from data_prep.ingest import align_audio, probe_video
     from synctalk.media import read_audio
 
+    probe = probe_video(path)
     audio = read_audio(path, M.SAMPLE_RATE)
-    video_start, audio_start = stream_start_times(path)
-    shift = int(round((video_start - audio_start) * M.SAMPLE_RATE))
-    if shift > 0:
-        audio = audio[shift:]
-    elif shift < 0:
-        audio = np.concatenate([np.zeros(-shift, np.float32), audio])
-    return audio
+    offset = probe["audio"]["start_s"] - probe["video"]["start_s"]
+    n = len(audio) + max(0, int(round(offset * M.SAMPLE_RATE)))
+    return align_audio(audio, offset, n, M.SAMPLE_RATE)
 
 
 def _video_clip(path: Path, face_landmarker) -> dict[str, np.ndarray | float]:
@@ -349,7 +322,7 @@ def clip_key(path) -> str:
             h.update(f"{name}:{sha256_file(path / name)}\n".encode())
         h.update(f"frames:{n}:{fps!r}".encode())
     else:
-        h.update(f"video:{sha256_file(path)}".encode())
+        h.update(f"video:{sha256_file(require_file(path, 'video file'))}".encode())
     return h.hexdigest()
 
 
@@ -377,8 +350,6 @@ def load_clip(path, *, cache_dir=None, face_landmarker=None) -> MouthClip:
     Raises:
         InputError: missing/unsupported input, no face found. MediaError: undecodable media.
     """
-    from synctalk.errors import require_file
-
     path = Path(path)
     if not is_subject_dir(path):
         if path.is_dir():
@@ -398,7 +369,8 @@ def load_clip(path, *, cache_dir=None, face_landmarker=None) -> MouthClip:
                     "n_frames": int(len(data["crops"]))}
             (tmp / "clip.json").write_text(json.dumps(info, indent=2) + "\n")
     info = json.loads((entry / "clip.json").read_text())
-    return MouthClip(name=path.name, fps=float(info["fps"]),
+    name = path.name if path.is_dir() else f"{path.parent.name}/{path.name}"
+    return MouthClip(name=name, fps=float(info["fps"]),
                      crops=np.load(entry / "crops.npy", mmap_mode="r"),
                      valid=np.load(entry / "valid.npy"), mel=np.load(entry / "mel.npy"), key=key)
 

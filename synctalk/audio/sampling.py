@@ -15,8 +15,10 @@ All randomness comes from the ``torch.Generator`` passed to :meth:`SyncSampler.b
 run restarted from a saved generator state draws the same batches.
 
 Augmentation (training only), per sample: colour jitter (brightness, contrast, saturation
-each ×[0.95, 1.05]), a translation of the five crops by up to ±1 px (edges repeated), and a
-volume change of ±10 % (−0.9 … +0.8 dB, as a mel offset before normalisation).
+each ×[0.95, 1.05]), a translation of the five crops by up to ±1 px (edges repeated), a
+cutout (a 12×24 px rectangle of all five crops replaced by the mean crop, half of the
+samples), a volume change of ±10 % (−0.9 … +0.8 dB, as a mel offset before normalisation) and
+SpecAugment-style masks (up to 12 mel bands and up to 2 mel frames set to their mean).
 """
 from __future__ import annotations
 
@@ -41,6 +43,11 @@ COLOUR = 0.05
 MAX_TRANSLATE = (1, 1)
 #: Volume change range as gain factors.
 GAIN = (0.9, 1.1)
+#: Widest masks (SpecAugment-style, in normalised units set to 0): mel bands, mel frames.
+MEL_MASK = (12, 2)
+#: Face cutout: a (H, W) pixel rectangle of the five crops set to the clip's mean crop, applied
+#: with this probability.
+CUTOUT, CUTOUT_P = (12, 24), 0.5
 
 
 @dataclass
@@ -158,12 +165,40 @@ class SyncSampler:
                 p, audio[rows], self.spec, self.device,
                 gain_db=gain_db[idx] if self.augment else None)
         if self.augment:
-            faces = translate(faces, shift.to(self.device))
+            faces = cutout(translate(faces, shift.to(self.device)), g)
+            mels = mask_mel(mels, g)
         same = owner[:, None] == owner[None, :]
         gap = np.abs(face_frame[:, None] - audio[None, :])
         targets = np.where(~same | (gap < MIN_SHIFT), -1.0, 0.0)
         targets[same & (gap == 0)] = 1.0
         return SyncBatch(faces, mels, torch.from_numpy(targets).float().to(self.device))
+
+
+def mask_mel(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Zero one random run of up to ``MEL_MASK[0]`` bands and one of up to ``MEL_MASK[1]``
+    frames in each ``[B, 1, 80, 16]`` normalised mel window (zero = the band's mean)."""
+    out = x.clone()
+    for axis, (widest, size) in enumerate(zip(MEL_MASK, x.shape[-2:])):
+        width = torch.randint(widest + 1, (len(x),), generator=g)
+        start = (torch.rand(len(x), generator=g) * (size - width + 1)).long()
+        pos = torch.arange(size)
+        hit = (pos >= start[:, None]) & (pos < (start + width)[:, None])  # [B, size]
+        hit = hit[:, None, :, None] if axis == 0 else hit[:, None, None, :]
+        out = out.masked_fill(hit.to(x.device), 0.0)
+    return out
+
+
+def cutout(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """With probability ``CUTOUT_P`` per sample, zero a random ``CUTOUT`` rectangle of all
+    channels of ``x`` ``[B, 15, 48, 96]`` (normalised crops: zero = the clip's mean crop)."""
+    (ch, cw), (h, w) = CUTOUT, x.shape[-2:]
+    apply = torch.rand(len(x), generator=g) < CUTOUT_P
+    top = torch.randint(h - ch + 1, (len(x),), generator=g)
+    left = torch.randint(w - cw + 1, (len(x),), generator=g)
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside = (((rows >= top[:, None]) & (rows < (top + ch)[:, None]))[:, :, None]
+              & ((cols >= left[:, None]) & (cols < (left + cw)[:, None]))[:, None, :])
+    return x.masked_fill((inside & apply[:, None, None])[:, None].to(x.device), 0.0)
 
 
 def translate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

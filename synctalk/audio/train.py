@@ -32,7 +32,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -351,12 +351,12 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
             save_ave(out, model, _meta(cfg, spec, clips, step, metrics))
         return metrics
 
-    def progress() -> float:
+    def fraction_done() -> float:
         return max(step / total if total else 0.0,
                    elapsed / (cfg.minutes * 60.0) if cfg.minutes else 0.0)
 
     def done() -> bool:
-        return progress() >= 1.0
+        return fraction_done() >= 1.0
 
     from tqdm import tqdm
 
@@ -369,7 +369,7 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
     try:
         while not done():
             for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg, progress())
+                group["lr"] = learning_rate(cfg, fraction_done())
             batch = sampler.batch(cfg.batch_size, g)
             loss = sync_loss(model.embed_audio(batch.mels), model.embed_face(batch.faces),
                              batch.targets)
