@@ -11,3 +11,4 @@ Modules:
     score       LSE-style sync confidence and offset (``synctalk ave score``).
     features    AVE or HuBERT/wav2vec2 (local directory) features per frame, cached per subject.
     streaming   incremental features from audio chunks, equal to the offline path.
+"""
