@@ -24,3 +24,14 @@ def face_landmarker_path(shared_data: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"shared MediaPipe model not present: {path} does not exist")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread: tiny models are fastest (and steadiest on a busy machine) so."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

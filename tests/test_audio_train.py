@@ -25,13 +25,7 @@ from synctalk.errors import InputError, MediaError, ModelFileError
 TINY = dict(width=0.125, batch_size=8, lr=1e-3, val_fraction=0.25, augment=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and steadiest on a busy machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
