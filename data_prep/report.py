@@ -2,7 +2,6 @@
 frames) and ``report.json`` / ``report.md`` (per-step timings and quality figures)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2

@@ -8,7 +8,6 @@ needs no MediaPipe model at run time.
     python scripts/make_synth_landmarks.py --face-landmarker PATH/face_landmarker.task
 """
 import argparse
-import json
 from pathlib import Path
 
 import cv2

@@ -2,4 +2,6 @@
 
 __version__ = "0.1.0"
 
-from synctalk.errors import SyncTalkError  # noqa: E402,F401
+from synctalk.errors import SyncTalkError  # noqa: E402
+
+__all__ = ["SyncTalkError", "__version__"]

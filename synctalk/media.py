@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import wave
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np

@@ -70,12 +70,12 @@ def generate(out_dir, opts: SynthOptions) -> dict:
     states = [FrameState(float(opening[i]), float(width[i]), float(blink[i]),
                          euler_to_matrix(*angles[i]), shift[i]) for i in range(n)]
     per_frame: list[dict] = []
-    mm_per_px = _mm_per_unit(rig)
+    mm_per_unit = _mm_per_unit(rig)
 
     def frames():
         for i, st in enumerate(states):
             rgb, lm = rig.render(st)
-            per_frame.append(_frame_record(i, st, angles[i], lm, rig, mm_per_px))
+            per_frame.append(_frame_record(i, st, angles[i], lm, rig, mm_per_unit))
             yield rgb
 
     out_dir = Path(out_dir)

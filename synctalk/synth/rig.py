@@ -163,8 +163,8 @@ class HeadRig:
         # Jaw: lower lip and chin drop (and swing back a little); the upper lip lifts slightly.
         p[:, 1] += gap * (0.87 * self.jaw_w - 0.13 * self.up_w)
         p[:, 2] += 0.3 * gap * self.jaw_w
-        # Lip width about the mouth centre.
-        mx = (self.mouth_x - self.c) * (self.focal + 0) / self.focal
+        # Lip width about the mouth centre (head-frame x ≈ pixel offset: the face is at depth ≈ f).
+        mx = self.mouth_x - self.c
         p[:, 0] = mx + (p[:, 0] - mx) * (1.0 + (width - 1.0) * self.width_w)
         for idx, ty, strength in self.lid_pull:
             p[idx, 1] += blink * strength * (ty - self.src2[idx, 1]) * p[idx, 2] / self.focal
