@@ -18,7 +18,7 @@ from synctalk import __version__
 from synctalk.errors import SyncTalkError
 
 #: Modules under ``synctalk.commands`` registered as subcommands, in ``--help`` order.
-COMMAND_MODULES = ("demo", "synth", "prep", "doctor", "models", "ave")
+COMMAND_MODULES = ("demo", "synth", "prep", "doctor", "models", "ave", "bench")
 
 
 class ConfigFileParser(configargparse.YAMLConfigFileParser):

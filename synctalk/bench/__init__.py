@@ -1,0 +1,1 @@
+"""Benchmarks behind ``synctalk bench`` (see :mod:`synctalk.commands.bench`)."""
