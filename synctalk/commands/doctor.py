@@ -90,16 +90,15 @@ def _cuda_check(torch) -> Check:
 
 
 def _native_ops_check() -> Check:
+    """State of the native ops (never builds them): ok when built, info otherwise (the
+    torch reference runs everything), warn when a build failed in this process."""
     try:
-        import synctalk.ops as ops
-    except ImportError:
-        ops = None
-    native_status = getattr(ops, "native_status", None)
-    if native_status is None:
-        return Check("native ops", "info", "not built: native ops not part of this version",
-                     {"built": False})
+        from synctalk.ops.native import native_status
+    except Exception as e:  # torch missing or broken: the torch check reports it
+        return Check("native ops", "info", f"unknown: {e}", {"state": "unknown"})
     status = native_status()
-    return Check("native ops", "info", str(status), {"status": status})
+    level = {"loaded": "ok", "cached": "ok", "failed": "warn"}.get(status["state"], "info")
+    return Check("native ops", level, f"{status['state']}: {status['detail']}", status)
 
 
 def _ffmpeg_check() -> Check:

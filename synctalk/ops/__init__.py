@@ -27,3 +27,7 @@ __all__ = [
     "triplane_encode",
     "PackedSamples", "march_rays", "occupancy_index", "ray_aabb", "to_unit_cube",
 ]
+
+# The "native" backend (cuda_ext kernels): registers a lazy loader, builds on first use.
+from synctalk.ops import native as _native  # noqa: E402  (after the ops it wraps)
+from synctalk.ops.native import native_status  # noqa: E402

@@ -1,0 +1,531 @@
+// Python bindings of the native ops (module built by synctalk/ops/native.py).
+//
+// Each function checks its tensors (device, dtype, contiguity, shapes), allocates
+// the outputs and calls the CPU loops (cpu/*.cpp) or, in a CUDA build, the CUDA
+// launchers (cuda/*.cu) through the raw-pointer entry points of kernels.h. The
+// Python wrappers in synctalk/ops/native.py validate user input first and make
+// tensors contiguous; the checks here are the last line of defence.
+// Only the ATen/pybind headers the bindings use (not <torch/extension.h>): this
+// file is the slowest part of the build, and the full header costs ~4x the time.
+#include <ATen/Dispatch.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <pybind11/stl.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <vector>
+
+#include "synctalk/density.h"
+#include "synctalk/kernels.h"
+
+#ifdef SYNCTALK_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+namespace synctalk {
+namespace cuda {
+cudaStream_t current_stream();
+}  // namespace cuda
+}  // namespace synctalk
+#endif
+
+namespace st = synctalk;
+
+#ifdef SYNCTALK_WITH_CUDA
+// The stream the CUDA launchers (cuda/launch.cuh) run on: torch's current one.
+cudaStream_t synctalk::cuda::current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+#endif
+
+namespace {
+
+void check_tensor(const at::Tensor& t, const char* name, const c10::Device& device) {
+  TORCH_CHECK(t.device() == device, name, " is on ", t.device(), ", expected ", device);
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+void check_float(const at::Tensor& t, const char* name, at::ScalarType dtype,
+                 const c10::Device& device) {
+  check_tensor(t, name, device);
+  TORCH_CHECK(t.scalar_type() == dtype, name, " has dtype ", t.scalar_type(), ", expected ",
+              dtype);
+}
+
+#ifdef SYNCTALK_WITH_CUDA
+#define ST_DISPATCH_DEVICE(device, fn, ...)                                  \
+  do {                                                                       \
+    if ((device).is_cuda()) {                                                \
+      const c10::cuda::CUDAGuard guard(device);                              \
+      st::cuda::fn(__VA_ARGS__);                                             \
+    } else {                                                                 \
+      st::cpu::fn(__VA_ARGS__);                                              \
+    }                                                                        \
+  } while (0)
+#else
+#define ST_DISPATCH_DEVICE(device, fn, ...)                                  \
+  do {                                                                       \
+    TORCH_CHECK(!(device).is_cuda(),                                         \
+                "the native ops were built without CUDA: rebuild on a "      \
+                "machine with a CUDA torch (synctalk native build)");        \
+    st::cpu::fn(__VA_ARGS__);                                                \
+  } while (0)
+#endif
+
+// ----------------------------------------------------------------------------- grid
+
+st::GridLevels make_levels(const std::vector<int64_t>& resolutions,
+                           const std::vector<bool>& hashed,
+                           const std::vector<int64_t>& offsets, int64_t log2_hashmap_size,
+                           int64_t n_rows, int64_t n_features) {
+  const size_t L = resolutions.size();
+  TORCH_CHECK(L >= 1 && L <= static_cast<size_t>(st::kMaxLevels), "between 1 and ",
+              st::kMaxLevels, " levels are supported, got ", L);
+  TORCH_CHECK(hashed.size() == L && offsets.size() >= L, "levels: inconsistent lengths");
+  TORCH_CHECK(log2_hashmap_size >= 1 && log2_hashmap_size <= 31,
+              "log2_hashmap_size must be in [1, 31]");
+  st::GridLevels g{};
+  g.n_levels = static_cast<int>(L);
+  g.n_features = static_cast<int>(n_features);
+  g.n_rows = n_rows;
+  g.hashmap_mask = static_cast<uint32_t>((int64_t{1} << log2_hashmap_size) - 1);
+  for (size_t l = 0; l < L; ++l) {
+    TORCH_CHECK(resolutions[l] >= 1 && resolutions[l] < (int64_t{1} << 24),
+                "level resolution out of range: ", resolutions[l]);
+    g.res[l] = static_cast<uint32_t>(resolutions[l]);
+    g.hashed[l] = hashed[l] ? 1 : 0;
+    g.offset[l] = offsets[l];
+  }
+  return g;
+}
+
+st::PlaneAxes make_axes(const std::vector<std::vector<int64_t>>& axes, int64_t in_dim,
+                        int dim) {
+  TORCH_CHECK(!axes.empty() && axes.size() <= static_cast<size_t>(st::kMaxPlanes),
+              "1 to ", st::kMaxPlanes, " planes are supported");
+  st::PlaneAxes a{};
+  a.n_planes = static_cast<int>(axes.size());
+  a.in_dim = static_cast<int>(in_dim);
+  for (size_t p = 0; p < axes.size(); ++p) {
+    TORCH_CHECK(static_cast<int>(axes[p].size()) == dim, "plane ", p, " needs ", dim, " axes");
+    for (int d = 0; d < dim; ++d) {
+      TORCH_CHECK(axes[p][d] >= 0 && axes[p][d] < in_dim, "axis out of range");
+      a.axes[p][d] = static_cast<int>(axes[p][d]);
+    }
+  }
+  return a;
+}
+
+struct GridArgs {
+  st::GridLevels g;
+  st::PlaneAxes a;
+  int dim;
+};
+
+GridArgs grid_args(const at::Tensor& x, const at::Tensor& table,
+                   const std::vector<int64_t>& resolutions, const std::vector<bool>& hashed,
+                   const std::vector<int64_t>& offsets, int64_t log2_hashmap_size,
+                   const std::vector<std::vector<int64_t>>& axes) {
+  TORCH_CHECK(x.dim() == 2, "x must be [N, D], got ", x.sizes());
+  TORCH_CHECK(table.dim() == 3, "table must be [P, n_rows, F], got ", table.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "x must be float32 or float64, got ", x.scalar_type());
+  const bool ok_table = table.scalar_type() == x.scalar_type() ||
+                        (x.scalar_type() == at::kFloat && table.scalar_type() == at::kHalf);
+  TORCH_CHECK(ok_table, "table dtype ", table.scalar_type(), " does not go with x dtype ",
+              x.scalar_type(), " (float32 x: float32/float16 table; float64 x: float64 table)");
+  check_tensor(x, "x", x.device());
+  check_tensor(table, "table", x.device());
+  GridArgs r;
+  r.dim = axes.empty() ? 0 : static_cast<int>(axes[0].size());
+  TORCH_CHECK(r.dim == 2 || r.dim == 3, "grids are 2-D or 3-D");
+  TORCH_CHECK(static_cast<int64_t>(axes.size()) == table.size(0),
+              "table has ", table.size(0), " planes, axes name ", axes.size());
+  r.g = make_levels(resolutions, hashed, offsets, log2_hashmap_size, table.size(1),
+                    table.size(2));
+  TORCH_CHECK(offsets.size() == resolutions.size() + 1 &&
+                  offsets.back() == table.size(1),
+              "table has ", table.size(1), " rows, the levels need ", offsets.back());
+  r.a = make_axes(axes, x.size(1), r.dim);
+  return r;
+}
+
+at::Tensor grid_encode_forward(const at::Tensor& x, const at::Tensor& table,
+                                  const std::vector<int64_t>& resolutions,
+                                  const std::vector<bool>& hashed,
+                                  const std::vector<int64_t>& offsets,
+                                  int64_t log2_hashmap_size,
+                                  const std::vector<std::vector<int64_t>>& axes) {
+  const GridArgs ga = grid_args(x, table, resolutions, hashed, offsets, log2_hashmap_size, axes);
+  const int64_t n = x.size(0);
+  auto out = at::empty({n, ga.a.n_planes * ga.g.n_levels * ga.g.n_features}, x.options());
+  if (n == 0) return out;
+  if (x.scalar_type() == at::kDouble) {
+    ST_DISPATCH_DEVICE(x.device(), grid_encode_forward, ga.g, ga.a, ga.dim, n,
+                       x.data_ptr<double>(), table.data_ptr<double>(), out.data_ptr<double>());
+  } else if (table.scalar_type() == at::kHalf) {
+    ST_DISPATCH_DEVICE(x.device(), grid_encode_forward, ga.g, ga.a, ga.dim, n,
+                       x.data_ptr<float>(),
+                       reinterpret_cast<const st::HalfBits*>(table.data_ptr<at::Half>()),
+                       out.data_ptr<float>());
+  } else {
+    ST_DISPATCH_DEVICE(x.device(), grid_encode_forward, ga.g, ga.a, ga.dim, n,
+                       x.data_ptr<float>(), table.data_ptr<float>(), out.data_ptr<float>());
+  }
+  return out;
+}
+
+// Returns (grad_table in x's dtype or undefined, grad_x or undefined).
+std::vector<at::Tensor> grid_encode_backward(
+    const at::Tensor& x, const at::Tensor& table, const at::Tensor& grad_out,
+    const std::vector<int64_t>& resolutions, const std::vector<bool>& hashed,
+    const std::vector<int64_t>& offsets, int64_t log2_hashmap_size,
+    const std::vector<std::vector<int64_t>>& axes, bool need_table, bool need_x) {
+  const GridArgs ga = grid_args(x, table, resolutions, hashed, offsets, log2_hashmap_size, axes);
+  const int64_t n = x.size(0);
+  check_float(grad_out, "grad_out", x.scalar_type(), x.device());
+  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == n &&
+                  grad_out.size(1) == ga.a.n_planes * ga.g.n_levels * ga.g.n_features,
+              "grad_out has shape ", grad_out.sizes());
+  at::Tensor grad_table, grad_x;
+  if (need_table) grad_table = at::zeros(table.sizes(), x.options());
+  if (need_x) grad_x = at::zeros_like(x);
+  if (n == 0) return {grad_table, grad_x};
+  if (x.scalar_type() == at::kDouble) {
+    if (need_table)
+      ST_DISPATCH_DEVICE(x.device(), grid_encode_backward_table, ga.g, ga.a, ga.dim, n,
+                         x.data_ptr<double>(), grad_out.data_ptr<double>(),
+                         grad_table.data_ptr<double>());
+    if (need_x)
+      ST_DISPATCH_DEVICE(x.device(), grid_encode_backward_x, ga.g, ga.a, ga.dim, n,
+                         x.data_ptr<double>(), table.data_ptr<double>(),
+                         grad_out.data_ptr<double>(), grad_x.data_ptr<double>());
+  } else {
+    if (need_table)
+      ST_DISPATCH_DEVICE(x.device(), grid_encode_backward_table, ga.g, ga.a, ga.dim, n,
+                         x.data_ptr<float>(), grad_out.data_ptr<float>(),
+                         grad_table.data_ptr<float>());
+    if (need_x) {
+      if (table.scalar_type() == at::kHalf) {
+        ST_DISPATCH_DEVICE(x.device(), grid_encode_backward_x, ga.g, ga.a, ga.dim, n,
+                           x.data_ptr<float>(),
+                           reinterpret_cast<const st::HalfBits*>(table.data_ptr<at::Half>()),
+                           grad_out.data_ptr<float>(), grad_x.data_ptr<float>());
+      } else {
+        ST_DISPATCH_DEVICE(x.device(), grid_encode_backward_x, ga.g, ga.a, ga.dim, n,
+                           x.data_ptr<float>(), table.data_ptr<float>(),
+                           grad_out.data_ptr<float>(), grad_x.data_ptr<float>());
+      }
+    }
+  }
+  return {grad_table, grad_x};
+}
+
+// ------------------------------------------------------------------------ raymarch
+
+void check_rays(const at::Tensor& rays_o, const at::Tensor& rays_d, const at::Tensor& aabb) {
+  const auto dt = rays_o.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "rays must be float32 or float64");
+  check_float(rays_o, "rays_o", dt, rays_o.device());
+  check_float(rays_d, "rays_d", dt, rays_o.device());
+  check_float(aabb, "aabb", dt, rays_o.device());
+  TORCH_CHECK(rays_o.dim() == 2 && rays_o.size(1) == 3 && rays_d.sizes() == rays_o.sizes(),
+              "rays_o/rays_d must be [N, 3]");
+  TORCH_CHECK(aabb.numel() == 6, "aabb must have 6 values");
+}
+
+// Returns (t_near [N], t_far [N]).
+std::vector<at::Tensor> ray_aabb(const at::Tensor& rays_o, const at::Tensor& rays_d,
+                                 const at::Tensor& aabb, double near) {
+  check_rays(rays_o, rays_d, aabb);
+  const int64_t n = rays_o.size(0);
+  auto t_near = at::empty({n}, rays_o.options());
+  auto t_far = at::empty({n}, rays_o.options());
+  if (n > 0) {
+    AT_DISPATCH_FLOATING_TYPES(rays_o.scalar_type(), "ray_aabb", [&] {
+      ST_DISPATCH_DEVICE(rays_o.device(), ray_aabb<scalar_t>, n, rays_o.data_ptr<scalar_t>(),
+                         rays_d.data_ptr<scalar_t>(), aabb.data_ptr<scalar_t>(),
+                         static_cast<scalar_t>(near), t_near.data_ptr<scalar_t>(),
+                         t_far.data_ptr<scalar_t>());
+    });
+  }
+  return {t_near, t_far};
+}
+
+// Returns (ray_indices [S], t_starts [S], t_ends [S], t_pos [S] (empty without
+// noise), offsets [N], counts [N]). occupied: [R, R, R] bool or None; noise:
+// [N, n_samples] uniform in [0, 1) or None (midpoints).
+std::vector<at::Tensor> march_rays(const at::Tensor& rays_o, const at::Tensor& rays_d,
+                                   const at::Tensor& t_near, const at::Tensor& t_far,
+                                   const c10::optional<at::Tensor>& occupied,
+                                   const at::Tensor& aabb, int64_t n_samples,
+                                   const c10::optional<at::Tensor>& noise) {
+  check_rays(rays_o, rays_d, aabb);
+  const auto dev = rays_o.device();
+  const auto dt = rays_o.scalar_type();
+  const int64_t n = rays_o.size(0);
+  check_float(t_near, "t_near", dt, dev);
+  check_float(t_far, "t_far", dt, dev);
+  TORCH_CHECK(t_near.numel() == n && t_far.numel() == n, "t_near/t_far must be [N]");
+  TORCH_CHECK(n_samples >= 1 && n_samples <= (int64_t{1} << 30), "n_samples out of range");
+  st::MarchParams mp{};
+  mp.n_rays = n;
+  mp.n_steps = static_cast<int>(n_samples);
+  mp.perturb = noise.has_value();
+  mp.grid_res = 0;
+  if (occupied.has_value()) {
+    check_float(*occupied, "occupied", at::kBool, dev);
+    TORCH_CHECK(occupied->dim() == 3 && occupied->size(0) == occupied->size(1) &&
+                    occupied->size(1) == occupied->size(2) && occupied->size(0) >= 1,
+                "occupied must be [R, R, R]");
+    mp.grid_res = static_cast<int>(occupied->size(0));
+  }
+  if (noise.has_value()) {
+    check_float(*noise, "noise", dt, dev);
+    TORCH_CHECK(noise->dim() == 2 && noise->size(0) == n && noise->size(1) == n_samples,
+                "noise must be [N, n_samples]");
+  }
+  const uint8_t* occ =
+      occupied.has_value() ? reinterpret_cast<const uint8_t*>(occupied->data_ptr<bool>()) : nullptr;
+  auto counts = at::zeros({n}, rays_o.options().dtype(at::kLong));
+  auto keep = at::empty({n, n_samples}, rays_o.options().dtype(at::kByte));
+  at::Tensor offsets, ray_indices, t_starts, t_ends, t_pos;
+  AT_DISPATCH_FLOATING_TYPES(dt, "march_rays", [&] {
+    const scalar_t* nz = noise.has_value() ? noise->data_ptr<scalar_t>() : nullptr;
+    if (n > 0) {
+      ST_DISPATCH_DEVICE(dev, march_count<scalar_t>, mp, rays_o.data_ptr<scalar_t>(),
+                         rays_d.data_ptr<scalar_t>(), t_near.data_ptr<scalar_t>(),
+                         t_far.data_ptr<scalar_t>(), aabb.data_ptr<scalar_t>(), occ, nz,
+                         keep.data_ptr<uint8_t>(), counts.data_ptr<int64_t>());
+    }
+    auto inclusive = at::cumsum(counts, 0);
+    offsets = inclusive - counts;
+    const int64_t total = n > 0 ? inclusive[n - 1].item<int64_t>() : 0;
+    ray_indices = at::empty({total}, counts.options());
+    t_starts = at::empty({total}, rays_o.options());
+    t_ends = at::empty({total}, rays_o.options());
+    t_pos = at::empty({noise.has_value() ? total : 0}, rays_o.options());
+    if (total > 0) {
+      ST_DISPATCH_DEVICE(dev, march_fill<scalar_t>, mp, rays_o.data_ptr<scalar_t>(),
+                         rays_d.data_ptr<scalar_t>(), t_near.data_ptr<scalar_t>(),
+                         t_far.data_ptr<scalar_t>(), aabb.data_ptr<scalar_t>(), nz,
+                         keep.data_ptr<uint8_t>(), offsets.data_ptr<int64_t>(),
+                         ray_indices.data_ptr<int64_t>(), t_starts.data_ptr<scalar_t>(),
+                         t_ends.data_ptr<scalar_t>(),
+                         noise.has_value() ? t_pos.data_ptr<scalar_t>() : nullptr);
+    }
+  });
+  return {ray_indices, t_starts, t_ends, t_pos, offsets, counts};
+}
+
+// ------------------------------------------------------------------------ composite
+
+st::CompositeDims composite_dims(const at::Tensor& sigmas, const at::Tensor& rgbs,
+                                 const at::Tensor& t_starts, const at::Tensor& t_ends,
+                                 const at::Tensor& offsets, const at::Tensor& counts,
+                                 const c10::optional<at::Tensor>& extras,
+                                 const c10::optional<at::Tensor>& bg) {
+  const auto dev = sigmas.device();
+  const auto dt = sigmas.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "sigmas must be float32 or float64");
+  TORCH_CHECK(sigmas.dim() == 1, "sigmas must be [S]");
+  const int64_t S = sigmas.size(0);
+  check_float(sigmas, "sigmas", dt, dev);
+  check_float(rgbs, "rgbs", dt, dev);
+  check_float(t_starts, "t_starts", dt, dev);
+  check_float(t_ends, "t_ends", dt, dev);
+  check_float(offsets, "offsets", at::kLong, dev);
+  check_float(counts, "counts", at::kLong, dev);
+  TORCH_CHECK(rgbs.dim() == 2 && rgbs.size(0) == S, "rgbs must be [S, C]");
+  TORCH_CHECK(t_starts.numel() == S && t_ends.numel() == S, "t_starts/t_ends must be [S]");
+  TORCH_CHECK(offsets.dim() == 1 && counts.sizes() == offsets.sizes(),
+              "offsets/counts must be [N]");
+  st::CompositeDims dm{};
+  dm.n_rays = offsets.size(0);
+  dm.n_samples = S;
+  dm.n_color = static_cast<int>(rgbs.size(1));
+  dm.n_extras = 0;
+  if (extras.has_value()) {
+    check_float(*extras, "extras", dt, dev);
+    TORCH_CHECK(extras->dim() == 2 && extras->size(0) == S, "extras must be [S, K]");
+    dm.n_extras = static_cast<int>(extras->size(1));
+  }
+  dm.has_bg = bg.has_value();
+  if (dm.has_bg) {
+    check_float(*bg, "bg", dt, dev);
+    TORCH_CHECK(bg->dim() == 2 && bg->size(0) == dm.n_rays && bg->size(1) == dm.n_color,
+                "bg must be [N, C]");
+  }
+  return dm;
+}
+
+template <typename T>
+const T* opt_ptr(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+template <typename scalar_t>
+st::CompositeInputs<scalar_t> composite_inputs(const at::Tensor& sigmas, const at::Tensor& rgbs,
+                                               const at::Tensor& t_starts,
+                                               const at::Tensor& t_ends,
+                                               const c10::optional<at::Tensor>& extras,
+                                               const c10::optional<at::Tensor>& bg) {
+  return {sigmas.data_ptr<scalar_t>(), rgbs.data_ptr<scalar_t>(), t_starts.data_ptr<scalar_t>(),
+          t_ends.data_ptr<scalar_t>(), opt_ptr<scalar_t>(extras), opt_ptr<scalar_t>(bg)};
+}
+
+// Returns (weights [S], transmittance [S], alphas [S], opacity [N], depth [N],
+// color [N, C], extras [N, K]).
+std::vector<at::Tensor> composite_forward(const at::Tensor& sigmas, const at::Tensor& rgbs,
+                                          const at::Tensor& t_starts, const at::Tensor& t_ends,
+                                          const at::Tensor& offsets, const at::Tensor& counts,
+                                          const c10::optional<at::Tensor>& extras,
+                                          const c10::optional<at::Tensor>& bg) {
+  const st::CompositeDims dm =
+      composite_dims(sigmas, rgbs, t_starts, t_ends, offsets, counts, extras, bg);
+  const auto opts = sigmas.options();
+  auto weights = at::empty({dm.n_samples}, opts);
+  auto trans = at::empty({dm.n_samples}, opts);
+  auto alphas = at::empty({dm.n_samples}, opts);
+  auto opacity = at::empty({dm.n_rays}, opts);
+  auto depth = at::empty({dm.n_rays}, opts);
+  auto color = at::empty({dm.n_rays, dm.n_color}, opts);
+  auto extras_out = at::empty({dm.n_rays, dm.n_extras}, opts);
+  if (dm.n_rays > 0) {
+    AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "composite_forward", [&] {
+      const st::CompositeOutputs<scalar_t> out{
+          weights.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(), alphas.data_ptr<scalar_t>(),
+          opacity.data_ptr<scalar_t>(), depth.data_ptr<scalar_t>(), color.data_ptr<scalar_t>(),
+          extras_out.data_ptr<scalar_t>()};
+      ST_DISPATCH_DEVICE(sigmas.device(), composite_forward<scalar_t>, dm,
+                         offsets.data_ptr<int64_t>(), counts.data_ptr<int64_t>(),
+                         composite_inputs<scalar_t>(sigmas, rgbs, t_starts, t_ends, extras, bg),
+                         out);
+    });
+  }
+  return {weights, trans, alphas, opacity, depth, color, extras_out};
+}
+
+// Returns (grad_sigmas [S], grad_rgbs [S, C], grad_extras [S, K], grad_bg [N, C]).
+std::vector<at::Tensor> composite_backward(
+    const at::Tensor& sigmas, const at::Tensor& rgbs, const at::Tensor& t_starts,
+    const at::Tensor& t_ends, const at::Tensor& offsets, const at::Tensor& counts,
+    const c10::optional<at::Tensor>& extras, const c10::optional<at::Tensor>& bg,
+    const at::Tensor& weights, const at::Tensor& trans, const at::Tensor& opacity,
+    const c10::optional<at::Tensor>& g_weights, const c10::optional<at::Tensor>& g_trans,
+    const c10::optional<at::Tensor>& g_alphas, const at::Tensor& g_opacity,
+    const at::Tensor& g_depth, const at::Tensor& g_color, const at::Tensor& g_extras) {
+  const st::CompositeDims dm =
+      composite_dims(sigmas, rgbs, t_starts, t_ends, offsets, counts, extras, bg);
+  const auto dev = sigmas.device();
+  const auto dt = sigmas.scalar_type();
+  check_float(weights, "weights", dt, dev);
+  check_float(trans, "transmittance", dt, dev);
+  check_float(opacity, "opacity", dt, dev);
+  check_float(g_opacity, "grad of opacity", dt, dev);
+  check_float(g_depth, "grad of depth", dt, dev);
+  check_float(g_color, "grad of color", dt, dev);
+  check_float(g_extras, "grad of extras", dt, dev);
+  for (const auto* t : {&g_weights, &g_trans, &g_alphas}) {
+    if (t->has_value()) {
+      check_float(**t, "grad of a per-sample output", dt, dev);
+      TORCH_CHECK((*t)->numel() == dm.n_samples, "per-sample gradient must be [S]");
+    }
+  }
+  TORCH_CHECK(weights.numel() == dm.n_samples && trans.numel() == dm.n_samples &&
+                  opacity.numel() == dm.n_rays,
+              "composite_backward: saved forward outputs do not match");
+  TORCH_CHECK(g_color.numel() == dm.n_rays * dm.n_color &&
+                  g_extras.numel() == dm.n_rays * dm.n_extras &&
+                  g_opacity.numel() == dm.n_rays && g_depth.numel() == dm.n_rays,
+              "composite_backward: gradient shapes do not match");
+  const auto opts = sigmas.options();
+  auto grad_sigmas = at::empty({dm.n_samples}, opts);
+  auto grad_rgbs = at::empty({dm.n_samples, dm.n_color}, opts);
+  auto grad_extras = at::empty({dm.n_samples, dm.n_extras}, opts);
+  auto grad_bg = at::empty({dm.has_bg ? dm.n_rays : 0, dm.n_color}, opts);
+  if (dm.n_rays > 0) {
+    AT_DISPATCH_FLOATING_TYPES(dt, "composite_backward", [&] {
+      const st::CompositeGrads<scalar_t> g{
+          opt_ptr<scalar_t>(g_weights), opt_ptr<scalar_t>(g_trans), opt_ptr<scalar_t>(g_alphas),
+          g_opacity.data_ptr<scalar_t>(), g_depth.data_ptr<scalar_t>(),
+          g_color.data_ptr<scalar_t>(),   g_extras.data_ptr<scalar_t>()};
+      const st::CompositeInputGrads<scalar_t> grad{
+          grad_sigmas.data_ptr<scalar_t>(), grad_rgbs.data_ptr<scalar_t>(),
+          grad_extras.data_ptr<scalar_t>(), dm.has_bg ? grad_bg.data_ptr<scalar_t>() : nullptr};
+      ST_DISPATCH_DEVICE(dev, composite_backward<scalar_t>, dm, offsets.data_ptr<int64_t>(),
+                         counts.data_ptr<int64_t>(),
+                         composite_inputs<scalar_t>(sigmas, rgbs, t_starts, t_ends, extras, bg),
+                         weights.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(),
+                         opacity.data_ptr<scalar_t>(), g, grad);
+    });
+  }
+  return {grad_sigmas, grad_rgbs, grad_extras, grad_bg};
+}
+
+// ------------------------------------------------------------------- density helpers
+
+at::Tensor morton3_encode(const at::Tensor& ix, const at::Tensor& iy, const at::Tensor& iz) {
+  for (const auto* t : {&ix, &iy, &iz}) check_float(*t, "coordinate", at::kLong, ix.device());
+  TORCH_CHECK(iy.sizes() == ix.sizes() && iz.sizes() == ix.sizes(),
+              "ix, iy, iz must have the same shape");
+  auto codes = at::empty_like(ix);
+  if (ix.numel() > 0)
+    ST_DISPATCH_DEVICE(ix.device(), morton3_encode, ix.numel(), ix.data_ptr<int64_t>(),
+                       iy.data_ptr<int64_t>(), iz.data_ptr<int64_t>(), codes.data_ptr<int64_t>());
+  return codes;
+}
+
+std::vector<at::Tensor> morton3_decode(const at::Tensor& codes) {
+  check_float(codes, "codes", at::kLong, codes.device());
+  auto ix = at::empty_like(codes), iy = at::empty_like(codes), iz = at::empty_like(codes);
+  if (codes.numel() > 0)
+    ST_DISPATCH_DEVICE(codes.device(), morton3_decode, codes.numel(), codes.data_ptr<int64_t>(),
+                       ix.data_ptr<int64_t>(), iy.data_ptr<int64_t>(), iz.data_ptr<int64_t>());
+  return {ix, iy, iz};
+}
+
+at::Tensor pack_bitfield(const at::Tensor& cells) {
+  check_float(cells, "cells", at::kBool, cells.device());
+  const int64_t n = cells.numel();
+  auto bits = at::empty({(n + 7) / 8}, cells.options().dtype(at::kByte));
+  if (n > 0)
+    ST_DISPATCH_DEVICE(cells.device(), pack_bitfield, n,
+                       reinterpret_cast<const uint8_t*>(cells.data_ptr<bool>()),
+                       bits.data_ptr<uint8_t>());
+  return bits;
+}
+
+at::Tensor unpack_bitfield(const at::Tensor& bits, int64_t n_cells) {
+  check_float(bits, "bits", at::kByte, bits.device());
+  TORCH_CHECK(n_cells >= 0 && n_cells <= 8 * bits.numel(), "n_cells out of range");
+  auto cells = at::empty({n_cells}, bits.options().dtype(at::kBool));
+  if (n_cells > 0)
+    ST_DISPATCH_DEVICE(bits.device(), unpack_bitfield, n_cells, bits.data_ptr<uint8_t>(),
+                       reinterpret_cast<uint8_t*>(cells.data_ptr<bool>()));
+  return cells;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "synctalk native ops (see synctalk/ops/native.py)";
+#ifdef SYNCTALK_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  m.def("grid_encode_forward", &grid_encode_forward);
+  m.def("grid_encode_backward", &grid_encode_backward);
+  m.def("ray_aabb", &ray_aabb);
+  m.def("march_rays", &march_rays);
+  m.def("composite_forward", &composite_forward);
+  m.def("composite_backward", &composite_backward);
+  m.def("morton3_encode", &morton3_encode);
+  m.def("morton3_decode", &morton3_decode);
+  m.def("pack_bitfield", &pack_bitfield);
+  m.def("unpack_bitfield", &unpack_bitfield);
+}

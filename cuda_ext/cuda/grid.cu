@@ -1,0 +1,143 @@
+// CUDA kernels of the grid encoding (math: include/synctalk/grid.h).
+#include "launch.cuh"
+#include "synctalk/kernels.h"
+
+namespace synctalk {
+namespace cuda {
+namespace {
+
+// One thread per (plane, level, point); consecutive threads take consecutive points
+// of one level, so they read the same block of the table.
+template <int D, typename scalar_t, typename table_t>
+__global__ void forward_kernel(const GridLevels g, const PlaneAxes a, int64_t n,
+                               const scalar_t* __restrict__ x,
+                               const table_t* __restrict__ table, scalar_t* __restrict__ out) {
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t i = tid % n;
+  const int64_t pl = tid / n;  // p * L + l
+  if (pl >= static_cast<int64_t>(a.n_planes) * g.n_levels) return;
+  const int p = static_cast<int>(pl / g.n_levels), l = static_cast<int>(pl % g.n_levels);
+  const int F = g.n_features;
+  scalar_t coords[D];
+  plane_coords<D>(a, p, x + i * a.in_dim, coords);
+  encode_point_level<D, 0, scalar_t, table_t>(
+      level_of(g, l), F, coords, table + static_cast<int64_t>(p) * g.n_rows * F,
+      out + i * (static_cast<int64_t>(a.n_planes) * g.n_levels * F) + pl * F);
+}
+
+template <int D, typename scalar_t>
+__global__ void backward_table_kernel(const GridLevels g, const PlaneAxes a, int64_t n,
+                                      const scalar_t* __restrict__ x,
+                                      const scalar_t* __restrict__ grad_out,
+                                      scalar_t* __restrict__ grad_table) {
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t i = tid % n;
+  const int64_t pl = tid / n;
+  if (pl >= static_cast<int64_t>(a.n_planes) * g.n_levels) return;
+  const int p = static_cast<int>(pl / g.n_levels), l = static_cast<int>(pl % g.n_levels);
+  const int F = g.n_features;
+  scalar_t coords[D];
+  plane_coords<D>(a, p, x + i * a.in_dim, coords);
+  int64_t rows[1 << D];
+  scalar_t w[1 << D];
+  level_corners<D, scalar_t>(level_of(g, l), coords, rows, w, nullptr);
+  const scalar_t* go = grad_out + i * (static_cast<int64_t>(a.n_planes) * g.n_levels * F) + pl * F;
+  scalar_t* plane_grad = grad_table + static_cast<int64_t>(p) * g.n_rows * F;
+  for (int c = 0; c < (1 << D); ++c) {
+    for (int f = 0; f < F; ++f) atomicAdd(plane_grad + rows[c] * F + f, w[c] * go[f]);
+  }
+}
+
+// One thread per point: all planes and levels, so grad_x needs no atomics.
+template <int D, typename scalar_t, typename table_t>
+__global__ void backward_x_kernel(const GridLevels g, const PlaneAxes a, int64_t n,
+                                  const scalar_t* __restrict__ x,
+                                  const table_t* __restrict__ table,
+                                  const scalar_t* __restrict__ grad_out,
+                                  scalar_t* __restrict__ grad_x) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int L = g.n_levels, F = g.n_features;
+  const int64_t out_stride = static_cast<int64_t>(a.n_planes) * L * F;
+  for (int p = 0; p < a.n_planes; ++p) {
+    scalar_t coords[D];
+    scalar_t grad_coords[D] = {};
+    plane_coords<D>(a, p, x + i * a.in_dim, coords);
+    for (int l = 0; l < L; ++l) {
+      encode_point_level_grad_x<D, 0, scalar_t, table_t>(
+          level_of(g, l), F, coords, table + static_cast<int64_t>(p) * g.n_rows * F,
+          grad_out + i * out_stride + (static_cast<int64_t>(p) * L + l) * F, grad_coords);
+    }
+    for (int d = 0; d < D; ++d) {
+      const int64_t col = i * a.in_dim + a.axes[p][d];
+      if (clamp_passes_grad(x[col])) grad_x[col] += grad_coords[d];
+    }
+  }
+}
+
+int64_t level_threads(const GridLevels& g, const PlaneAxes& a, int64_t n) {
+  return static_cast<int64_t>(a.n_planes) * g.n_levels * n;
+}
+
+}  // namespace
+
+template <typename scalar_t, typename table_t>
+void grid_encode_forward(const GridLevels& g, const PlaneAxes& a, int dim, int64_t n,
+                         const scalar_t* x, const table_t* table, scalar_t* out) {
+  const int64_t total = level_threads(g, a, n);
+  if (dim == 2) {
+    forward_kernel<2, scalar_t, table_t>
+        <<<blocks_for(total), kThreads, 0, current_stream()>>>(g, a, n, x, table, out);
+  } else {
+    forward_kernel<3, scalar_t, table_t>
+        <<<blocks_for(total), kThreads, 0, current_stream()>>>(g, a, n, x, table, out);
+  }
+  check_launch("grid_encode_forward");
+}
+
+template <typename scalar_t>
+void grid_encode_backward_table(const GridLevels& g, const PlaneAxes& a, int dim, int64_t n,
+                                const scalar_t* x, const scalar_t* grad_out,
+                                scalar_t* grad_table) {
+  const int64_t total = level_threads(g, a, n);
+  if (dim == 2) {
+    backward_table_kernel<2, scalar_t>
+        <<<blocks_for(total), kThreads, 0, current_stream()>>>(g, a, n, x, grad_out, grad_table);
+  } else {
+    backward_table_kernel<3, scalar_t>
+        <<<blocks_for(total), kThreads, 0, current_stream()>>>(g, a, n, x, grad_out, grad_table);
+  }
+  check_launch("grid_encode_backward_table");
+}
+
+template <typename scalar_t, typename table_t>
+void grid_encode_backward_x(const GridLevels& g, const PlaneAxes& a, int dim, int64_t n,
+                            const scalar_t* x, const table_t* table, const scalar_t* grad_out,
+                            scalar_t* grad_x) {
+  if (dim == 2) {
+    backward_x_kernel<2, scalar_t, table_t>
+        <<<blocks_for(n), kThreads, 0, current_stream()>>>(g, a, n, x, table, grad_out, grad_x);
+  } else {
+    backward_x_kernel<3, scalar_t, table_t>
+        <<<blocks_for(n), kThreads, 0, current_stream()>>>(g, a, n, x, table, grad_out, grad_x);
+  }
+  check_launch("grid_encode_backward_x");
+}
+
+#define INSTANTIATE(S, T)                                                                  \
+  template void grid_encode_forward<S, T>(const GridLevels&, const PlaneAxes&, int,        \
+                                          int64_t, const S*, const T*, S*);                \
+  template void grid_encode_backward_x<S, T>(const GridLevels&, const PlaneAxes&, int,     \
+                                             int64_t, const S*, const T*, const S*, S*);
+INSTANTIATE(float, float)
+INSTANTIATE(float, HalfBits)
+INSTANTIATE(double, double)
+#undef INSTANTIATE
+template void grid_encode_backward_table<float>(const GridLevels&, const PlaneAxes&, int,
+                                                int64_t, const float*, const float*, float*);
+template void grid_encode_backward_table<double>(const GridLevels&, const PlaneAxes&, int,
+                                                 int64_t, const double*, const double*,
+                                                 double*);
+
+}  // namespace cuda
+}  // namespace synctalk
