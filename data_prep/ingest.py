@@ -16,12 +16,14 @@ Source frames are in display orientation (ffmpeg applies rotation metadata).
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import subprocess
 import tempfile
+import threading
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, TypeVar
 
 import cv2
 import numpy as np
@@ -32,6 +34,7 @@ from synctalk.fsutil import atomic_dir
 from synctalk.media import ffmpeg_exe, read_audio, write_wav
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 FRAMES_DIR = "frames"
 AUDIO_NAME = "audio.wav"
@@ -352,6 +355,28 @@ def source_to_crop(points: np.ndarray, crop: dict, size: int) -> np.ndarray:
     return (np.asarray(points, dtype=np.float64) - [crop["x"], crop["y"]]) * (size / crop["side"])
 
 
+def crop_principal_point(info: dict) -> tuple[float, float] | None:
+    """The source camera's principal point in px of the crop, from an ingest ``info``.
+
+    The source camera's principal point is taken to be the centre ``(W/2, H/2)`` of the
+    (display-orientation) source frame; in the crop it lands at
+    ``((W/2 − x) · s, (H/2 − y) · s)`` with ``s = size / side`` — outside the crop when the
+    crop is off-centre and small (e.g. the head of a full-body shot).
+
+    Args:
+        info: the ``ingest`` step's info (``crop`` {x, y, side} source px,
+            ``source_size`` [W, H] px, ``size`` crop side px).
+
+    Returns:
+        ``(cx, cy)`` px of the crop, or None when ``info`` lacks the crop record.
+    """
+    crop, source, size = info.get("crop"), info.get("source_size"), info.get("size")
+    if not crop or not source or not size:
+        return None
+    cx, cy = source_to_crop(np.array([source[0] / 2.0, source[1] / 2.0]), crop, int(size))
+    return float(cx), float(cy)
+
+
 # --------------------------------------------------------------------------- audio
 
 def align_audio(audio: np.ndarray, offset_s: float, n_samples: int,
@@ -520,6 +545,51 @@ def iter_frames(subject: Path) -> Iterator[tuple[int, np.ndarray]]:
     """``(i, [S, S, 3] uint8 RGB)`` for every frame of the subject, in order."""
     for i in range(frame_count(subject)):
         yield i, read_frame(subject, i)
+
+
+def prefetched(items: Iterable[_T], depth: int = 8) -> Iterator[_T]:
+    """Iterate ``items`` produced ahead by a background thread (at most ``depth`` waiting).
+
+    Frame decoding (OpenCV releases the GIL) then overlaps with the consumer's work on
+    the previous frames. Exceptions raised by the producer are re-raised here, in order;
+    closing the iterator early stops the producer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((True, done))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put((False, e))
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
 
 
 def subject_fps(subject: Path) -> float:

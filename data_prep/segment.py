@@ -39,11 +39,15 @@ with finite landmarks for the geometry.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import cv2
 import numpy as np
@@ -70,6 +74,36 @@ EYE_OUTER = (33, 263)
 
 #: RGB colours of the labels in previews.
 LABEL_COLOURS = np.array([[0, 0, 0], [230, 80, 60], [240, 200, 40], [60, 110, 230]], np.uint8)
+
+#: Threads that segment frames at once. Per frame, nearly all the work is in OpenCV and
+#: numpy calls that release the GIL, so frames are processed in parallel; each frame's
+#: outputs depend on that frame alone, so the results do not depend on the count.
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T], workers: int | None = None,
+                 ahead: int = 2) -> Iterator[_R]:
+    """``map(fn, items)`` on ``workers`` threads (default :data:`WORKERS`), results in
+    order, at most ``workers · ahead`` items in flight (so memory stays bounded). On an
+    error or an interrupt the items not yet started are cancelled. One worker runs inline."""
+    workers = WORKERS if workers is None else workers
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="segment")
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= workers * ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -504,6 +538,7 @@ class SelfieSegmenter:
     def __init__(self, model_path) -> None:
         path = Path(model_path).expanduser()
         self._impl = None
+        self._lock = threading.Lock()
         if path.exists() and not path.is_file():
             raise ModelFileError(f"selfie segmenter model {path} is not a file — pass the path "
                                  "of selfie_multiclass_256x256.tflite.")
@@ -539,7 +574,8 @@ class SelfieSegmenter:
 
         small = np.ascontiguousarray(frame.small)
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=small)
-        conf = self._impl.segment(image).confidence_masks
+        with self._lock:  # one MediaPipe graph: one frame at a time
+            conf = self._impl.segment(image).confidence_masks
         if len(conf) < 2:
             raise ModelFileError("the selfie segmenter returned fewer than 2 classes — use "
                                  "selfie_multiclass_256x256.tflite.")
@@ -674,12 +710,14 @@ def build_plate(frame_paths: list[Path], faces: list[FaceFrame], valid: np.ndarr
     side = min(params.work_size, size)
     stack = np.empty((len(idx), size, size, 3), np.uint8)
     small = np.empty((len(idx), side, side, 3), np.uint8)
-    frames = []
-    for k, i in enumerate(idx):
-        stack[k] = read_rgb(frame_paths[i])
-        frame = Frame.make(stack[k], faces[i], params.work_size)
+
+    def load(k: int) -> Frame:
+        stack[k] = read_rgb(frame_paths[idx[k]])
+        frame = Frame.make(stack[k], faces[idx[k]], params.work_size)
         small[k] = frame.small
-        frames.append(replace(frame, small=small[k]))
+        return replace(frame, small=small[k])
+
+    frames = list(parallel_map(load, range(len(idx))))
     if segmenter is None:
         prior = np.stack([person_prior(f.face_small, side) > 0 for f in frames])
         median, count = masked_median(small, prior)
@@ -687,10 +725,15 @@ def build_plate(frame_paths: list[Path], faces: list[FaceFrame], valid: np.ndarr
         segmenter = DifferenceSegmenter(median, count >= min_seen, params).grabcut
     excluded = np.empty((len(idx), size, size), bool)
     grow = _disk(max(2, size // 100))
-    for k, frame in enumerate(frames):
+
+    def exclude(k: int) -> None:
+        frame = frames[k]
         person = clean_foreground(segmenter(frame)[0], frame.face_small).astype(np.float32)
         person = cv2.resize(person, (size, size), interpolation=cv2.INTER_LINEAR) > 0.01
         excluded[k] = cv2.dilate(person.astype(np.uint8), grow) > 0
+
+    for _ in parallel_map(exclude, range(len(idx))):
+        pass
     median, count = masked_median(stack, excluded)
     seen = count >= min_seen
     if not seen.any():
@@ -980,13 +1023,18 @@ def _write_frames(subject: Path, paths: list[Path], faces: list[FaceFrame], plat
     with ExitStack() as dirs:
         out = {name: dirs.enter_context(atomic_dir(subject / name))
                for name in ("masks", "face_masks", "torso", "targets")}
-        for i, path in enumerate(tqdm(paths, desc="segment", unit="frame", leave=False)):
-            seg = segment_frame(read_rgb(path), faces[i], plate.rgb, segmenter, p)
+
+        def one(i: int) -> float:
+            seg = segment_frame(read_rgb(paths[i]), faces[i], plate.rgb, segmenter, p)
             _write_image(out["masks"] / frame_name(i, "png"), seg.labels, png)
             _write_image(out["face_masks"] / frame_name(i, "png"), seg.face, png)
             _write_image(out["torso"] / frame_name(i, "png"), seg.torso, png_rgba)
             _write_image(out["targets"] / frame_name(i, "jpg"), seg.target, jpg)
-            area += float((seg.labels > 0).mean())
+            return float((seg.labels > 0).mean())
+
+        for a in tqdm(parallel_map(one, range(len(paths))), total=len(paths), desc="segment",
+                      unit="frame", leave=False, disable=None):
+            area += a
     return area / len(paths)
 
 

@@ -9,17 +9,19 @@ Pipeline (:func:`stabilize`, the ``stabilize`` prep step is :func:`run`):
    template fits the rigid landmarks best by PnP.
 3. **Raw poses** (:func:`initial_poses`): per-frame PnP of the rigid landmarks
    (:data:`RIGID_LANDMARKS`) against the template.
-4. **KLT tracks** (:func:`track_klt`): corners on rigid skin (forehead, nose bridge, upper
+4. **Shot cuts** (:func:`shot_cuts`): edits where the face jumps between two frames.
+5. **KLT tracks** (:func:`track_klt`): corners on rigid skin (forehead, nose bridge, upper
    cheeks) followed by pyramidal Lucas–Kanade optical flow against the frame each was seeded
-   in, forward–backward checked, re-seeded periodically, of limited and staggered length;
-   their 3-D points start where their rays meet the template (:func:`init_track_points`).
-5. **Bundle adjustment** (:func:`bundle_adjust`): per-frame SE(3) and shared 3-D points;
+   in, forward–backward checked, re-seeded periodically, of limited and staggered length,
+   ended at shot cuts; their 3-D points start where their rays meet the template
+   (:func:`init_track_points`).
+6. **Bundle adjustment** (:func:`bundle_adjust`): per-frame SE(3) and shared 3-D points;
    robust reprojection error of the tracks and of the down-weighted rigid landmarks, a
-   second-difference smoothness prior on the poses, a shape prior keeping points near their
-   start and a gauge fixing the centroid and scale of the landmark points. Sparse
-   Levenberg–Marquardt: the track points are eliminated (Schur complement) into a
-   block-banded pose system bordered by the landmark points, factorised by LAPACK's banded
-   Cholesky.
+   second-difference smoothness prior on the poses (not across shot cuts), a shape prior
+   keeping points near their start and a gauge fixing the centroid and scale of the
+   landmark points. Sparse Levenberg–Marquardt: the track points are eliminated (Schur
+   complement) into a block-banded pose system bordered by the landmark points, factorised
+   by LAPACK's banded Cholesky.
 
 Conventions: a pose is the **head → camera** transform ``x_cam = R · X + t`` with ``R`` from
 the rotation vector ``ω`` (OpenCV camera: x right, y down, z forward; intrinsics in pixels of
@@ -34,8 +36,10 @@ Metrics shared with tests, benchmarks and reports: :func:`relative_rotation_erro
 from __future__ import annotations
 
 import logging
+import os
 import time
-from dataclasses import dataclass, fields
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -46,7 +50,7 @@ from scipy.linalg.lapack import dpbtrf, dtbtrs
 from scipy.spatial import Delaunay
 from scipy.spatial.transform import Rotation, Slerp
 
-from data_prep.subject import params_from_dict
+from data_prep.subject import blas_threads, params_from_dict
 from synctalk.errors import InputError
 from synctalk.fsutil import atomic_path
 
@@ -658,7 +662,9 @@ def bundle_adjust(problem: BAProblem, rotvec: np.ndarray, trans: np.ndarray,
     those of the prior. Each iteration builds the normal equations with IRLS weights
     ``w_o ρ'``, eliminates the track points (3×3 blocks) into a block-banded pose system
     bordered by the landmark points, and solves it with a banded Cholesky factorisation and
-    a dense Schur complement on the border.
+    a dense Schur complement on the border. OpenBLAS runs on one thread meanwhile
+    (:func:`data_prep.subject.blas_threads`): on 2 cores its threads made the solve about
+    3× as costly in CPU time and slower.
 
     Args:
         problem: observations and priors; starting points are ``problem.points_prior``.
@@ -671,8 +677,9 @@ def bundle_adjust(problem: BAProblem, rotvec: np.ndarray, trans: np.ndarray,
     """
     settings = settings or BASettings()
     solver = _Solver(problem, settings, trans)
-    return solver.run(np.array(rotvec, np.float64), np.array(trans, np.float64),
-                      np.array(problem.points_prior, np.float64))
+    with blas_threads(1):  # many small BLAS/LAPACK calls: threads cost more than they give
+        return solver.run(np.array(rotvec, np.float64), np.array(trans, np.float64),
+                          np.array(problem.points_prior, np.float64))
 
 
 @dataclass
@@ -744,6 +751,48 @@ def synthetic_problem(n_frames: int, n_landmarks: int = 37, tracks_per_frame: in
     return SyntheticBA(problem, rotvec, trans, points, rotvec0, trans0)
 
 
+# ---------------------------------------------------------------------------- shot cuts
+def shot_cuts(landmarks: np.ndarray, valid: np.ndarray, min_jump: float | None = 0.15,
+              min_ratio: float = 8.0) -> np.ndarray:
+    """Frames that start a new shot: edits (jump cuts, re-framing) where the face jumps
+    between two frames, which no head motion explains.
+
+    The jump into frame ``t`` is the displacement of the rigid landmarks' centroid in units
+    of their RMS radius plus ``|log|`` of the radius ratio (a zoom), between two consecutive
+    valid frames. A cut is a jump of at least ``min_jump`` that is ``min_ratio`` times the
+    median jump of the three frames before and of the three after (and 0.01): head motion,
+    however fast, builds up and ends over several frames, a cut is one isolated step. On
+    the real test clips natural motion stays below ratio 7 while cuts exceed 15.
+
+    Args:
+        landmarks: ``[N, 478, ≥2]`` px.
+        valid: ``[N]`` bool.
+        min_jump: the smallest jump that can be a cut; None finds no cuts.
+        min_ratio: how much larger than the surrounding motion it must be.
+
+    Returns:
+        ``[N]`` bool, True at the first frame of each new shot.
+    """
+    n = len(landmarks)
+    cuts = np.zeros(n, bool)
+    if min_jump is None or n < 2:
+        return cuts
+    pts = np.asarray(landmarks, np.float64)[:, list(RIGID_LANDMARKS), :2]
+    centre = pts.mean(1)
+    radius = np.maximum(np.sqrt(np.sum((pts - centre[:, None]) ** 2, -1).mean(1)), 1e-6)
+    jump = np.full(n, np.nan)
+    with np.errstate(invalid="ignore"):
+        jump[1:] = (np.linalg.norm(centre[1:] - centre[:-1], axis=1) / radius[1:]
+                    + np.abs(np.log(radius[1:] / radius[:-1])))
+    ok = np.r_[False, valid[1:] & valid[:-1]] & np.isfinite(jump)
+    jump[~ok] = np.nan
+    for t in np.flatnonzero(ok & (np.nan_to_num(jump) >= min_jump)):
+        around = [jump[max(1, t - 3):t], jump[t + 1:t + 4]]
+        typical = max([0.01] + [float(np.nanmedian(a)) for a in around if np.isfinite(a).any()])
+        cuts[t] = jump[t] >= min_ratio * typical
+    return cuts
+
+
 # ---------------------------------------------------------------------------- KLT tracks
 def rigid_skin_mask(landmarks_2d: np.ndarray, size: tuple[int, int], erode_px: int = 0) -> np.ndarray:
     """``[H, W]`` uint8 mask (255 inside) of rigid skin: the convex hulls of
@@ -799,6 +848,10 @@ class KltSettings:
     erode_px: float = 4.0
 
 
+#: Threads tracking the groups of points of different anchor frames at once.
+KLT_WORKERS = max(1, min(2, os.cpu_count() or 1))
+
+
 @dataclass
 class KltTracks:
     """Keypoint tracks, packed and sorted by (track, frame); each track spans consecutive
@@ -812,8 +865,8 @@ class KltTracks:
 
 
 def track_klt(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.ndarray,
-              settings: KltSettings | None = None, progress: Callable[[int], None] | None = None
-              ) -> KltTracks:
+              settings: KltSettings | None = None, progress: Callable[[int], None] | None = None,
+              cuts: np.ndarray | None = None) -> KltTracks:
     """Track corners on rigid skin with pyramidal Lucas–Kanade optical flow.
 
     Every ``reseed_every`` frames new corners (Shi–Tomasi) are sought in the rigid-skin mask
@@ -823,7 +876,8 @@ def track_klt(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.nda
     not accumulate into drift (on H.264 video they are correlated across points and would
     bias the poses). A point is kept when the flow converges both ways, the forward–backward
     error is below ``fb_max_px``, it stays in the frame's rigid-skin mask and its track is
-    within its length limit. All tracks end at a frame without valid landmarks.
+    within its length limit. All tracks end at a frame without valid landmarks and before a
+    shot cut (where new corners are sought at once).
 
     Args:
         frames: the clip's frames in order, ``[H, W]`` grey or ``[H, W, 3]`` RGB uint8.
@@ -831,6 +885,7 @@ def track_klt(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.nda
         valid: ``[N]`` bool.
         settings: tracker settings.
         progress: called with 1 after each frame.
+        cuts: ``[N]`` bool, first frames of new shots (:func:`shot_cuts`).
 
     Returns:
         The tracks, at least ``min_track_len`` frames long, renumbered from 0.
@@ -844,41 +899,49 @@ def track_klt(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.nda
     ids, seed, age, life = (np.zeros(0, np.int64) for _ in range(4))
     anchors: dict[int, np.ndarray] = {}  # grey image of each anchor frame in use
     next_id = 0
-    for i, img in enumerate(frames):
-        if i >= len(valid):
-            break
-        gray = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-        scale = gray.shape[1] / 512.0
-        if valid[i]:
-            mask = rigid_skin_mask(landmarks[i], gray.shape)
-            pts, keep = _follow(anchors, seed, anchor_xy, pts, gray, st, scale)
-            keep &= age < life
-            xi, yi = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
-            inside = (xi >= 0) & (yi >= 0) & (xi < gray.shape[1]) & (yi < gray.shape[0])
-            keep &= inside
-            keep[inside] &= mask[yi[inside], xi[inside]] > 0
-        else:
-            keep = np.zeros(len(pts), bool)
-        pts, anchor_xy, ids, seed, age, life = (v[keep] for v in (pts, anchor_xy, ids, seed, age, life))
-        age += 1
-        anchors = {s: im for s, im in anchors.items() if np.any(seed == s)}
-        if valid[i] and i % st.reseed_every == 0 and len(pts) < st.max_points:
-            new = _new_corners(gray, mask, pts, st, scale)
-            new_ids = np.arange(next_id, next_id + len(new))
-            next_id += len(new)
-            spread = (new_ids * 0.6180339887) % 1.0  # golden-ratio sequence: even spread
-            pts, anchor_xy = np.concatenate([pts, new]), np.concatenate([anchor_xy, new])
-            ids = np.concatenate([ids, new_ids])
-            seed = np.concatenate([seed, np.full(len(new), i)])
-            age = np.concatenate([age, np.ones(len(new), np.int64)])
-            limit = np.round(st.max_track_len * (0.5 + 0.5 * spread)).astype(np.int64)
-            life = np.concatenate([life, limit])
-            anchors[i] = gray
-        out_frame.append(np.full(len(pts), i, np.int32))
-        out_id.append(ids)
-        out_xy.append(pts.copy())
-        if progress:
-            progress(1)
+    pool = ThreadPoolExecutor(KLT_WORKERS, thread_name_prefix="klt") if KLT_WORKERS > 1 else None
+    try:
+        for i, img in enumerate(frames):
+            if i >= len(valid):
+                break
+            gray = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+            scale = gray.shape[1] / 512.0
+            cut = cuts is not None and bool(cuts[i])
+            if valid[i]:
+                mask = rigid_skin_mask(landmarks[i], gray.shape)
+            if valid[i] and not cut:
+                pts, keep = _follow(anchors, seed, anchor_xy, pts, gray, st, scale, pool)
+                keep &= age < life
+                xi, yi = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
+                inside = (xi >= 0) & (yi >= 0) & (xi < gray.shape[1]) & (yi < gray.shape[0])
+                keep &= inside
+                keep[inside] &= mask[yi[inside], xi[inside]] > 0
+            else:
+                keep = np.zeros(len(pts), bool)
+            pts, anchor_xy, ids, seed, age, life = (v[keep] for v in
+                                                    (pts, anchor_xy, ids, seed, age, life))
+            age += 1
+            anchors = {s: im for s, im in anchors.items() if np.any(seed == s)}
+            if valid[i] and (cut or i % st.reseed_every == 0) and len(pts) < st.max_points:
+                new = _new_corners(gray, mask, pts, st, scale)
+                new_ids = np.arange(next_id, next_id + len(new))
+                next_id += len(new)
+                spread = (new_ids * 0.6180339887) % 1.0  # golden-ratio sequence: even spread
+                pts, anchor_xy = np.concatenate([pts, new]), np.concatenate([anchor_xy, new])
+                ids = np.concatenate([ids, new_ids])
+                seed = np.concatenate([seed, np.full(len(new), i)])
+                age = np.concatenate([age, np.ones(len(new), np.int64)])
+                limit = np.round(st.max_track_len * (0.5 + 0.5 * spread)).astype(np.int64)
+                life = np.concatenate([life, limit])
+                anchors[i] = gray
+            out_frame.append(np.full(len(pts), i, np.int32))
+            out_id.append(ids)
+            out_xy.append(pts.copy())
+            if progress:
+                progress(1)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     frame = np.concatenate(out_frame) if out_frame else np.zeros(0, np.int32)
     track = np.concatenate(out_id) if out_id else np.zeros(0, np.int64)
     xy = np.concatenate(out_xy) if out_xy else np.zeros((0, 2), np.float32)
@@ -891,18 +954,20 @@ def track_klt(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.nda
 
 
 def _follow(anchors: dict[int, np.ndarray], seed: np.ndarray, anchor_xy: np.ndarray,
-            pts: np.ndarray, gray: np.ndarray, st: KltSettings, scale: float
-            ) -> tuple[np.ndarray, np.ndarray]:
+            pts: np.ndarray, gray: np.ndarray, st: KltSettings, scale: float,
+            pool: ThreadPoolExecutor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Lucas–Kanade from each point's anchor frame to ``gray``, starting at its last
     position ``pts [K, 2]``, and back. Returns the new positions ``[K, 2]`` and whether each
-    converged both ways within the forward–backward limit ``[K]``."""
+    converged both ways within the forward–backward limit ``[K]``. With ``pool`` the
+    anchor frames' groups of points are tracked on its threads (same results)."""
     import cv2
 
     win = int(max(7, round(st.window_px * scale))) | 1
     lk = dict(winSize=(win, win), maxLevel=st.levels, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
               criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 0.001))
     nxt, ok = pts.copy(), np.zeros(len(pts), bool)
-    for s in np.unique(seed):
+
+    def group(s: int) -> None:  # the points seeded in frame s; groups write disjoint rows
         sel = np.flatnonzero(seed == s)
         a = anchor_xy[sel].reshape(-1, 1, 2)
         start = pts[sel].reshape(-1, 1, 2).copy()
@@ -911,6 +976,14 @@ def _follow(anchors: dict[int, np.ndarray], seed: np.ndarray, anchor_xy: np.ndar
         nxt[sel] = fwd.reshape(-1, 2)
         fb = np.linalg.norm(back.reshape(-1, 2) - anchor_xy[sel], axis=1)
         ok[sel] = (ok1.ravel() == 1) & (ok2.ravel() == 1) & (fb < st.fb_max_px * scale)
+
+    groups = [int(s) for s in np.unique(seed)]
+    if pool is None or len(groups) < 2:
+        for s in groups:
+            group(s)
+    else:  # OpenCV releases the GIL: the groups' flows run in parallel
+        for f in [pool.submit(group, s) for s in groups]:
+            f.result()
     return nxt, ok
 
 
@@ -1049,7 +1122,10 @@ class StabilizeParams:
         loss: ``"huber"`` or ``"cauchy"``.
         loss_scale_px: where the robust loss departs from least squares.
         focal_px: the focal length in px of the crop; ``None`` estimates it.
-        principal_point: ``(cx, cy)`` px of the crop; ``None`` is the crop centre.
+        principal_point: ``(cx, cy)`` px of the crop; ``None``: :func:`stabilize` takes the
+            crop centre, the step (:func:`run`) the source camera's mapped into the crop.
+        cut_min_jump, cut_min_ratio: shot-cut detection (:func:`shot_cuts`; a None jump
+            finds none): KLT tracks end at a cut and the smoothness prior does not span it.
         max_iterations: Levenberg–Marquardt iterations at most.
         klt_*: :class:`KltSettings` fields.
     """
@@ -1061,6 +1137,8 @@ class StabilizeParams:
     loss_scale_px: float = BASettings.loss_scale_px
     focal_px: float | None = None
     principal_point: tuple[float, float] | None = None
+    cut_min_jump: float | None = 0.15
+    cut_min_ratio: float = 8.0
     max_iterations: int = 30
     klt_max_points: int = KltSettings.max_points
     klt_min_distance_px: float = KltSettings.min_distance_px
@@ -1186,8 +1264,9 @@ def stabilize(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.nda
     rv0, tr0 = initial_poses(template[rigid], obs, valid, focal, center)
     seconds_init = time.perf_counter() - clock
 
+    cuts = shot_cuts(landmarks, valid, p.cut_min_jump, p.cut_min_ratio)
     clock = time.perf_counter()
-    tracks = track_klt(frames, landmarks, valid, p.klt(), progress)
+    tracks = track_klt(frames, landmarks, valid, p.klt(), progress, cuts)
     seconds_klt = time.perf_counter() - clock
     pts3, on_mesh = init_track_points(tracks, template, rv0, tr0, focal, center)
     new_id = np.cumsum(on_mesh) - 1
@@ -1200,7 +1279,7 @@ def stabilize(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.nda
     # landmarks in between have no observations: the smoothness prior bridges them.
     span = np.arange(np.flatnonzero(valid)[0], np.flatnonzero(valid)[-1] + 1)
     problem = _stabilizer_problem(obs, valid, span, tracks, template[rigid], pts3, focal, center,
-                                  p.landmark_weight)
+                                  p.landmark_weight, cuts)
     res = bundle_adjust(problem, rv0[span], tr0[span], p.ba_settings(size[1]))
     rotvec, trans = rv0.copy(), tr0.copy()
     rotvec[span], trans[span] = res.rotvec, res.trans
@@ -1219,6 +1298,7 @@ def stabilize(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.nda
         "focal_px": round(focal, 2), "focal_estimated": p.focal_px is None,
         "focal_search_rms_px": {f"{k:.1f}": round(v, 4) for k, v in focal_table.items()},
         "principal_point": [round(float(c), 2) for c in center],
+        "shot_cuts": [int(i) for i in np.flatnonzero(cuts)],
         "n_rigid_landmarks": len(rigid), "n_tracks": int(tracks.n_tracks),
         "n_track_obs": int(len(tracks.frame)),
         "track_len_mean": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
@@ -1240,10 +1320,16 @@ def stabilize(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.nda
 
 def _stabilizer_problem(obs: np.ndarray, valid: np.ndarray, span: np.ndarray, tracks: KltTracks,
                         landmarks3: np.ndarray, tracks3: np.ndarray, focal: float,
-                        center: np.ndarray, landmark_weight: float) -> BAProblem:
+                        center: np.ndarray, landmark_weight: float,
+                        cuts: np.ndarray | None = None) -> BAProblem:
     """The BA of :func:`stabilize`: poses of the frames ``span``, rigid landmarks ``obs
     [N, L, 2]`` seen in the valid frames (weight ``landmark_weight²``), KLT tracks (weight 1);
-    points start at ``landmarks3 [L, 3]`` and ``tracks3 [T, 3]``."""
+    points start at ``landmarks3 [L, 3]`` and ``tracks3 [T, 3]``. The smoothness prior does
+    not reach across the shot cuts ``cuts [N]`` (bool, first frame of a new shot)."""
+    centres = np.arange(1, len(span) - 1)
+    if cuts is not None and len(centres):
+        c = np.asarray(cuts, bool)[span]
+        centres = centres[~(c[centres] | c[centres + 1])]
     vidx = np.flatnonzero(valid)
     pose_of = np.full(len(valid), -1)
     pose_of[span] = np.arange(len(span))
@@ -1256,7 +1342,7 @@ def _stabilizer_problem(obs: np.ndarray, valid: np.ndarray, span: np.ndarray, tr
         obs_weight=np.concatenate([np.full(len(vidx) * n_lm, landmark_weight ** 2),
                                    np.ones(len(tracks.frame))]),
         n_landmarks=n_lm, points_prior=np.concatenate([landmarks3, tracks3.reshape(-1, 3)]),
-        smooth_centres=np.arange(1, len(span) - 1))
+        smooth_centres=centres)
 
 
 def landmark_only_poses(landmarks: np.ndarray, valid: np.ndarray, result: Stabilized,
@@ -1281,7 +1367,8 @@ def landmark_only_poses(landmarks: np.ndarray, valid: np.ndarray, result: Stabil
     no_tracks = KltTracks(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 2), np.float32), 0)
     prob = _stabilizer_problem(landmarks[:, rigid, :2].astype(np.float64), valid, span, no_tracks,
                                result.template[rigid], np.zeros((0, 3)), result.focal,
-                               result.center, 1.0)
+                               result.center, 1.0,
+                               shot_cuts(landmarks, valid, p.cut_min_jump, p.cut_min_ratio))
     res = bundle_adjust(prob, result.rotvec_raw[span], result.trans_raw[span],
                         p.ba_settings(result.size[1]))
     rotvec, trans = result.rotvec_raw.copy(), result.trans_raw.copy()
@@ -1324,6 +1411,26 @@ def save_poses(path, result: Stabilized) -> None:
             )
 
 
+def subject_principal_point(subject_dir, frame_size: tuple[int, int]) -> tuple[float, float] | None:
+    """The principal point ``(cx, cy)`` px of a subject's frames: the source camera's
+    (:func:`data_prep.ingest.crop_principal_point` of the ingest record in the manifest),
+    or None when the manifest has no ingest record or its crop size differs from the
+    frames' ``(H, W)`` = ``frame_size``."""
+    from data_prep.ingest import crop_principal_point
+    from data_prep.subject import Manifest
+
+    manifest = Manifest.load(subject_dir)
+    rec = manifest.step("ingest") if manifest else None
+    if not rec or rec.get("status") != "done":
+        return None
+    info = rec.get("info", {})
+    if tuple(frame_size) != (info.get("size"), info.get("size")):
+        log.warning("stabilize: the frames are %s px but ingest recorded %s px crops; assuming "
+                    "the principal point at the frame centre", frame_size, info.get("size"))
+        return None
+    return crop_principal_point(info)
+
+
 def _read_frames(frames_dir: Path, n: int) -> Iterable[np.ndarray]:
     """Grey frames ``frames/%06d.jpg`` 0 .. n − 1."""
     import cv2
@@ -1345,13 +1452,18 @@ def run(subject_dir, params: dict | None = None) -> dict:
         subject_dir: the subject directory.
         params: :class:`StabilizeParams` fields.
 
+    The principal point is ``params["principal_point"]`` when given, else the source
+    camera's (the source frame's centre) mapped into the crop by the ingest step's crop box
+    (:func:`subject_principal_point`), else the crop centre.
+
     Returns:
-        The summary of :func:`stabilize` (focal, tracks, errors and jitter before/after BA,
-        solver iterations and timings).
+        The summary of :func:`stabilize` (focal, principal point and where it came from,
+        tracks, errors and jitter before/after BA, solver iterations and timings).
     """
     import cv2
     from tqdm import tqdm
 
+    from data_prep.ingest import prefetched
     from data_prep.subject import frame_name
 
     subject_dir = Path(subject_dir)
@@ -1366,11 +1478,16 @@ def run(subject_dir, params: dict | None = None) -> dict:
     if first is None:
         raise InputError(f"no frames in {subject_dir / 'frames'}; run the ingest step first.")
     n = len(landmarks)
+    pp_from = "params"
+    if p.principal_point is None:
+        pp = subject_principal_point(subject_dir, first.shape[:2])
+        pp_from = "crop centre" if pp is None else "source frame centre"
+        p = replace(p, principal_point=pp)
     with tqdm(total=n, desc="stabilize: KLT", unit="frame", leave=False, disable=None) as bar:
-        result = stabilize(_read_frames(subject_dir / "frames", n), landmarks, valid, matrices,
-                           first.shape[:2], p, progress=bar.update)
+        result = stabilize(prefetched(_read_frames(subject_dir / "frames", n)), landmarks, valid,
+                           matrices, first.shape[:2], p, progress=bar.update)
     save_poses(subject_dir / "poses.npz", result)
-    info = result.info
+    info = {**result.info, "principal_point_from": pp_from}
     log.info("stabilize: %d frames, focal %.0f px, %d tracks; landmark RMS %.2f → %.2f px, "
              "jitter %.3f° → %.3f°; KLT %.1f s, BA %.1f s (%d it)", info["n_frames"],
              info["focal_px"], info["n_tracks"], info["landmark_rms_px_before"],

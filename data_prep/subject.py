@@ -30,6 +30,9 @@ S = crop side in pixels):
                            px, ``residual_px [N]``, plus BA tracks for inspection
 ``blendshapes.npz``        ``scores [N,52]`` Savitzky–Golay smoothed, ``names [52]``
 ``splits.json``            ``{"train": [...], "val": [...]}`` frame indices
+``ave.pt``                 the audio-visual encoder used for the audio features (step ``audio``)
+``audio_features/``        ``<encoder-id>.npy`` ``[N, 512]`` float32 per-frame audio features
+                           (+ ``.json``), see :mod:`data_prep.audio_features`
 ``preview.mp4``, ``report.json``, ``report.md``
 =========================  =================================================================
 """
@@ -95,10 +98,15 @@ class Manifest:
     def step(self, name: str) -> dict | None:
         return self.data["steps"].get(name)
 
-    def finish_step(self, name: str, key: str, params: dict, seconds: float, info: dict) -> None:
-        self.data["steps"][name] = {"status": "done", "key": key, "params": params,
-                                    "seconds": round(seconds, 3), "info": info,
-                                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    def finish_step(self, name: str, key: str, params: dict, seconds: float, info: dict,
+                    cpu_seconds: float | None = None) -> None:
+        """Record step ``name`` as done: its key, parameters, wall ``seconds``, ``info`` and
+        (when measured) ``cpu_seconds``, the CPU time of this process's threads in it."""
+        rec = {"status": "done", "key": key, "params": params, "seconds": round(seconds, 3),
+               "info": info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if cpu_seconds is not None:
+            rec["cpu_seconds"] = round(cpu_seconds, 3)
+        self.data["steps"][name] = rec
         self.data["tools"] = tool_versions()
         self.save()
 
@@ -182,13 +190,67 @@ def run_steps(manifest: Manifest, steps: list[Step], *, on_step=None) -> dict[st
             continue
         if on_step:
             on_step(step.name)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         info = step.run(manifest.root, step.params) or {}
         seconds = time.perf_counter() - t
-        manifest.finish_step(step.name, key, step.params, seconds, info)
+        manifest.finish_step(step.name, key, step.params, seconds, info,
+                             cpu_seconds=time.process_time() - cpu)
         log.info("prep: %-10s done in %.1f s", step.name, seconds)
         results[step.name] = {"skipped": False, "seconds": seconds, "info": info}
     return results
+
+
+#: ``set/get_num_threads`` symbol pairs of the OpenBLAS builds numpy, scipy and OpenCV ship.
+_OPENBLAS_SYMBOLS = (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+                     ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+                     ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+                     ("openblas_set_num_threads", "openblas_get_num_threads"))
+
+
+def _loaded_openblas() -> list[tuple[Callable[[int], None], int]]:
+    """``(set_num_threads, current count)`` of every OpenBLAS loaded in this process (read
+    from ``/proc/self/maps``; none where that does not exist)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
+    except OSError:
+        return []
+    found = []
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for set_name, get_name in _OPENBLAS_SYMBOLS:
+            setter, getter = getattr(lib, set_name, None), getattr(lib, get_name, None)
+            if setter is not None and getter is not None:
+                setter.argtypes, getter.restype = [ctypes.c_int], ctypes.c_int
+                found.append((setter, int(getter())))
+                break
+    return found
+
+
+@contextmanager
+def blas_threads(n: int = 1) -> Iterator[None]:
+    """Run the block with ``n`` OpenBLAS threads in every OpenBLAS this process has loaded
+    (numpy's, scipy's, OpenCV's), restoring the previous counts afterwards.
+
+    The bundle adjustment does many small BLAS/LAPACK calls (stacked 6×3 products, banded
+    triangular solves); with OpenBLAS's default of one thread per core they cost several
+    times the CPU (its threads spin-wait), worst on a machine whose cores are busy.
+    ``OPENBLAS_NUM_THREADS`` only acts before numpy is imported, so the count is set at run
+    time (the libraries' ``*_set_num_threads``, as threadpoolctl does).
+    """
+    libs = _loaded_openblas()
+    for setter, _ in libs:
+        setter(n)
+    try:
+        yield
+    finally:
+        for setter, before in libs:
+            setter(before)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.face_tracking import N_BLENDSHAPES, N_LANDMARKS, FaceLandmarker, FaceObservation
-from data_prep.ingest import frame_count, iter_frames, subject_fps
+from data_prep.ingest import frame_count, iter_frames, prefetched, subject_fps
 from synctalk.errors import InputError
 from synctalk.fsutil import atomic_path
 
@@ -59,7 +59,7 @@ def detect_faces(subject: Path, model_path, fps: float) -> Detections:
                      np.full((n, 4, 4), np.nan, np.float32), [], 0)
     prev: np.ndarray | None = None
     with FaceLandmarker(model_path, video=True, num_faces=2) as fl:
-        for i, rgb in tqdm(iter_frames(subject), total=n, desc="track", unit="frame",
+        for i, rgb in tqdm(prefetched(iter_frames(subject)), total=n, desc="track", unit="frame",
                            disable=None, leave=False):
             faces = fl.detect(rgb, int(round(i * 1000.0 / fps)))
             if not faces:

@@ -254,6 +254,41 @@ def test_crop_mapping_round_trip():
     np.testing.assert_allclose(ingest.source_to_crop(src, crop, 256), pts)
 
 
+def test_crop_principal_point_is_the_source_centre_in_crop_pixels():
+    info = {"crop": {"x": 300, "y": 700, "side": 410}, "source_size": [720, 1280], "size": 256}
+    cx, cy = ingest.crop_principal_point(info)
+    assert (cx, cy) == pytest.approx(((360 - 300) * 256 / 410, (640 - 700) * 256 / 410))
+    np.testing.assert_allclose(ingest.crop_to_source([cx, cy], info["crop"], 256), [360, 640])
+    # A centred crop keeps the principal point at the crop centre.
+    centred = {"crop": ingest.centre_crop((640, 480)), "source_size": [640, 480], "size": 512}
+    assert ingest.crop_principal_point(centred) == pytest.approx((256.0, 256.0))
+    assert ingest.crop_principal_point({"size": 512}) is None
+
+
+def test_prefetched_keeps_order_passes_errors_and_stops_early():
+    assert list(ingest.prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("bad frame")
+
+    it = ingest.prefetched(failing())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="bad frame"):
+        next(it)
+    made = []
+
+    def endless():
+        for i in range(10_000):
+            made.append(i)
+            yield i
+
+    it = ingest.prefetched(endless(), depth=2)
+    assert next(it) == 0
+    it.close()  # the producer stops: it made only a few items ahead
+    assert len(made) <= 6
+
+
 def test_auto_crop_in_a_large_frame(synth25, tmp_path, face_landmarker_path):
     """The synthetic head, enlarged 1.5× and padded into a 720×1280 portrait canvas."""
     src = tmp_path / "portrait.mp4"

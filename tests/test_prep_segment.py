@@ -259,6 +259,37 @@ def test_memory_stays_below_the_size_of_the_clip(tmp_path):
     assert len(list((root / "torso").iterdir())) == n
 
 
+def test_frames_segmented_in_parallel_match_a_serial_run(truth, tmp_path, monkeypatch):
+    """Frames are segmented on several threads (plate and per-frame pass); the outputs are
+    byte-identical to one thread's."""
+    import shutil
+
+    root = tmp_path / "subject"
+    shutil.copytree(truth.subject / "frames", root / "frames")
+    shutil.copy(truth.subject / "track.npz", root / "track.npz")
+    monkeypatch.setattr(sg, "WORKERS", 1)
+    sg.run(root, {})
+    for folder, ext in {**OUTPUT_DIRS, ".": "png"}.items():
+        for path in sorted((truth.subject / folder).glob(f"*.{ext}")):
+            assert path.read_bytes() == (root / folder / path.name).read_bytes(), path
+
+
+def test_parallel_map_keeps_order_and_cancels_after_an_error():
+    assert list(sg.parallel_map(lambda i: i * i, range(30), workers=3)) == [i * i for i in range(30)]
+    assert list(sg.parallel_map(lambda i: -i, range(5), workers=1)) == [0, -1, -2, -3, -4]
+    started = []
+
+    def work(i: int) -> int:
+        started.append(i)
+        if i == 3:
+            raise ValueError("frame 3 is bad")
+        return i
+
+    with pytest.raises(ValueError, match="frame 3"):
+        list(sg.parallel_map(work, range(1000), workers=2, ahead=2))
+    assert len(started) < 20  # the rest was never started
+
+
 # ---------------------------------------------------------------------------- errors
 def test_errors_are_clear_and_leave_nothing_behind(tmp_path, truth):
     with pytest.raises(InputError, match="track step"):

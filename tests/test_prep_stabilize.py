@@ -226,6 +226,45 @@ def test_klt_tracks_follow_a_shifting_texture():
     assert np.median(np.linalg.norm(moved - expected, axis=1)) < 0.1
 
 
+def test_shot_cuts_find_edits_not_fast_head_motion():
+    face = _face()
+    n = 120
+    t = np.arange(n)
+    shift = np.stack([30 * np.sin(2 * np.pi * t / 50), 10 * np.sin(2 * np.pi * t / 37)], 1)
+    shift[80:86, 0] += np.cumsum(np.full(6, 12.0))      # a fast turn: 12 px per frame for 6 frames
+    shift[86:, 0] += 72.0
+    shift[60:] += [25.0, -10.0]                          # the edit: the face jumps at frame 60
+    scale = np.where(t >= 60, 1.05, 1.0)                 # and the new shot is zoomed in
+    lms = (face[None, :, :2] - 128.0) * scale[:, None, None] + 128.0 + shift[:, None]
+    lms = np.concatenate([lms, np.zeros((n, 478, 1))], 2)
+    valid = np.ones(n, bool)
+    assert np.flatnonzero(st.shot_cuts(lms, valid)).tolist() == [60]
+    assert not st.shot_cuts(lms, valid, min_jump=None).any()
+    valid[59] = False  # no frame pair across the edit: nothing to compare
+    assert not st.shot_cuts(lms, valid).any()
+
+
+def test_tracks_and_smoothness_stop_at_a_cut():
+    rng = np.random.default_rng(8)
+    tex = cv2.GaussianBlur((rng.random((300, 300)) * 255).astype(np.uint8), (0, 0), 1.5)
+    face = _face()
+    n, cut = 20, 10
+    frames = [cv2.warpAffine(tex, np.float32([[1, 0, 0.3 * i], [0, 1, 0]]), (256, 256),
+                             flags=cv2.INTER_CUBIC) for i in range(n)]
+    lms = np.array([face + [0.3 * i, 0, 0] for i in range(n)])
+    cuts = np.zeros(n, bool)
+    cuts[cut] = True
+    tracks = st.track_klt(frames, lms, np.ones(n, bool), st.KltSettings(max_points=80), cuts=cuts)
+    spans = [(tracks.frame[tracks.track == k].min(), tracks.frame[tracks.track == k].max())
+             for k in range(tracks.n_tracks)]
+    assert not any(a < cut <= b for a, b in spans)      # no track crosses the cut
+    assert any(a == cut for a, _ in spans)                # new corners at the cut itself
+    prob = st._stabilizer_problem(lms[:, list(st.RIGID_LANDMARKS), :2], np.ones(n, bool),
+                                  np.arange(n), tracks, np.zeros((37, 3)), np.zeros((tracks.n_tracks, 3)),
+                                  500.0, np.array([128.0, 128.0]), 0.3, cuts)
+    assert sorted(set(range(1, n - 1)) - set(prob.smooth_centres.tolist())) == [cut - 1, cut]
+
+
 # ---------------------------------------------------------------------------- step
 @pytest.fixture(scope="module")
 def synth_subject(tmp_path_factory, face_landmarker_path):
@@ -305,6 +344,39 @@ def test_invalid_frames_get_interpolated_poses(synth_subject):
     a = st.rotation_angle_deg(r_true[58:68] @ r_true[58].T)
     b = st.rotation_angle_deg(r_est[58:68] @ r_est[58].T)
     assert np.max(np.abs(a - b)) < 0.5
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_run_uses_the_principal_point_of_the_ingest_crop(tmp_path, monkeypatch):
+    """The step puts the principal point where the source frame's centre lands in the crop
+    (recorded by ingest); explicit params win; frames of another size fall back to the
+    crop centre."""
+    from data_prep.subject import Manifest
+
+    (tmp_path / "frames").mkdir()
+    cv2.imwrite(str(tmp_path / "frames" / frame_name(0, "jpg")), np.zeros((64, 64, 3), np.uint8))
+    np.savez(tmp_path / "track.npz", landmarks=np.zeros((3, 478, 3), np.float32),
+             valid=np.ones(3, bool))
+    manifest = Manifest.create(tmp_path, {"sha256": "0"})
+    manifest.finish_step("ingest", "k", {}, 0.0, {"size": 64, "source_size": [640, 360],
+                                                  "crop": {"x": 100, "y": 20, "side": 128}})
+    seen = []
+
+    def capture(frames, landmarks, valid, matrices, size, params, progress=None):
+        seen.append(params.principal_point)
+        raise _Captured
+
+    monkeypatch.setattr(st, "stabilize", capture)
+    for params in ({}, {"principal_point": [10, 20]}):
+        with pytest.raises(_Captured):
+            st.run(tmp_path, params)
+    assert seen[0] == pytest.approx(((320 - 100) * 0.5, (180 - 20) * 0.5))
+    assert seen[1] == (10.0, 20.0)
+    assert st.subject_principal_point(tmp_path, (64, 64)) == pytest.approx(seen[0])
+    assert st.subject_principal_point(tmp_path, (128, 128)) is None
 
 
 def test_run_reports_user_errors(tmp_path):
