@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep import blendshapes, ingest, report, segment, splits, stabilize, track
+from data_prep import (audio_features, blendshapes, ingest, report, segment, splits, stabilize,
+                       track)
 from data_prep.subject import MANIFEST, Manifest, Step, run_steps, sigterm_as_interrupt
 from synctalk.errors import InputError, OutputError, SyncTalkError, require_file
 from synctalk.fsutil import sha256_file
@@ -33,6 +34,8 @@ class PrepOptions:
     val_fraction: float = 1.0 / 11.0
     blendshape_names: list[str] = field(default_factory=lambda: list(blendshapes.DEFAULT_TRAIN_NAMES))
     max_seconds: float | None = None
+    ave: str | None = None
+    ave_budget: float | None = None
 
 
 def build_steps(video: Path, opts: PrepOptions, face_model: Path) -> list[Step]:
@@ -42,6 +45,11 @@ def build_steps(video: Path, opts: PrepOptions, face_model: Path) -> list[Step]:
                      "size": opts.size, "auto_crop": opts.auto_crop, "face_landmarker": model}
     if opts.max_seconds is not None:
         ingest_params["max_seconds"] = opts.max_seconds
+    audio_params = {**audio_features.DEFAULT_PARAMS, "budget_seconds": opts.ave_budget}
+    if opts.ave is not None:
+        given = require_file(opts.ave, "--ave encoder file")
+        audio_params.update(ave=str(given.resolve()), ave_sha256=sha256_file(given),
+                            budget_seconds=None)
     return [
         Step("ingest", ingest.run, ingest_params),
         Step("track", track.run, {**track.DEFAULT_PARAMS, "face_landmarker": model}, ("ingest",)),
@@ -52,8 +60,9 @@ def build_steps(video: Path, opts: PrepOptions, face_model: Path) -> list[Step]:
                                              "train_names": list(opts.blendshape_names)}, ("track",)),
         Step("splits", splits.run, {**splits.DEFAULT_PARAMS, "val_fraction": opts.val_fraction},
              ("track",)),
+        Step("audio", audio_features.run, audio_params, ("ingest", "track")),
         Step("report", report.run, dict(report.DEFAULT_PARAMS),
-             ("ingest", "track", "segment", "stabilize", "blendshapes", "splits")),
+             ("ingest", "track", "segment", "stabilize", "blendshapes", "splits", "audio")),
     ]
 
 
@@ -90,6 +99,11 @@ def prep(video, out, opts: PrepOptions | None = None) -> dict:
     out = Path(out)
     t0 = time.perf_counter()
     probe = ingest.probe_video(video)  # fails early on no video/audio stream
+    if opts.ave is not None:
+        require_file(opts.ave, "--ave encoder file")
+    if opts.ave_budget is not None and not opts.ave_budget > 0:
+        raise InputError(f"--ave-budget must be a positive number of seconds, "
+                         f"got {opts.ave_budget}")
     face_model = resolve_face_landmarker(opts.face_landmarker)
     sha = sha256_file(video)
     existing, created = _claim_output(out, sha, opts.force)

@@ -6,6 +6,7 @@ known, tracked with the shared MediaPipe model; training runs a few steps of a s
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from synctalk.audio.dataset import (FACE_OVAL, ClipPortion, InputSpec, MouthClip
                                     mel_inputs, split_clip)
 from synctalk.audio.sampling import MIN_SHIFT, SyncSampler, translate
 from synctalk.audio.score import shift_similarities, sync_score
-from synctalk.audio.train import TrainConfig, evaluate, sync_loss, train
+from synctalk.audio.train import TrainConfig, WeightEMA, evaluate, sync_loss, train
 from synctalk.errors import InputError, MediaError, ModelFileError
 
 TINY = dict(width=0.125, batch_size=8, lr=1e-3, val_fraction=0.25, augment=True)
@@ -170,6 +171,23 @@ def test_sampler_batches_are_balanced_and_deterministic(clip):
     assert torch.equal(shifted[1, 0, :-1], x[1, 0, 1:])
 
 
+def test_sampler_min_shift_sets_the_nearest_negatives(clip):
+    train_p, _ = split_clip(clip, 0.25)
+    near = SyncSampler([train_p], InputSpec(), min_shift=2, augment=False)
+    shifts = set()
+    for t in near.anchor_frame[:40]:
+        u = near._negative(train_p, int(t), torch.Generator().manual_seed(int(t)))
+        assert 2 <= abs(u - t) <= 15
+        shifts.add(abs(u - t))
+    assert shifts & {2, 3, 4}  # nearer than the default 5 now occur
+    # anchors need a negative within min_shift … max_shift: a nearer min_shift allows more
+    assert len(near) >= len(SyncSampler([train_p], InputSpec()))
+    with pytest.raises(InputError, match="--min-shift"):
+        SyncSampler([train_p], InputSpec(), min_shift=0)
+    with pytest.raises(InputError, match="--max-shift"):
+        SyncSampler([train_p], InputSpec(), min_shift=6, max_shift=5)
+
+
 def test_find_clips_expands_folders(tmp_path, clip):
     (tmp_path / "spk1").mkdir()
     (tmp_path / "spk1" / "00001.mp4").write_bytes(b"x")
@@ -257,6 +275,81 @@ def test_resume_equals_uninterrupted(clip, tmp_path, monkeypatch):
         assert torch.equal(v, b["model"][k]), k
     assert torch.equal(a["generator"], b["generator"])
     assert json.dumps(a["best"]) == json.dumps(b["best"])  # NaN-safe comparison
+
+
+def test_weight_ema_update_rule():
+    model = AVE(width=0.125, seed=1)
+    ema = WeightEMA(model, 0.9)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model.audio[0].conv_block[1].num_batches_tracked.fill_(5)
+    ema.update(model)  # update 0: decay min(0.9, 1/10) = 0.1
+    avg = ema.model.state_dict()
+    name = "audio.0.conv_block.0.weight"
+    assert torch.allclose(avg[name], 0.1 * start[name] + 0.9 * model.state_dict()[name])
+    assert int(avg["audio.0.conv_block.1.num_batches_tracked"]) == 5  # integers are copied
+    for _ in range(200):
+        ema.update(model)
+    assert torch.allclose(avg[name], model.state_dict()[name], atol=1e-5)
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    with pytest.raises(InputError, match="--ema"):
+        WeightEMA(model, 1.0)
+
+
+def test_ema_model_is_saved_and_resumes_exactly(clip, tmp_path, monkeypatch):
+    """With --ema the saved AVE is the average (not the raw weights in the checkpoint), and
+    an interrupted run resumes to the same average."""
+    cfg = TrainConfig(max_steps=4, eval_every=2, ema=0.5, keep="last", **TINY)
+    train([clip], tmp_path / "a.pt", cfg, progress=False)
+    saved, meta = load_ave(tmp_path / "a.pt")
+    ckpt = torch.load(tmp_path / "a.pt.ckpt", weights_only=True)
+    assert meta["step"] == 4 and ckpt["ema"]["updates"] == 4
+    for k, v in saved.state_dict().items():
+        assert torch.equal(v, ckpt["ema"]["model"][k]), k
+    assert not all(torch.equal(v, ckpt["model"][k]) for k, v in saved.state_dict().items())
+    draw, calls = SyncSampler.batch, []
+
+    def interrupted(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return draw(self, *args)
+
+    monkeypatch.setattr(SyncSampler, "batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train([clip], tmp_path / "b.pt", cfg, progress=False)
+    monkeypatch.setattr(SyncSampler, "batch", draw)
+    train([clip], tmp_path / "b.pt", cfg, resume=True, progress=False)
+    b = load_ave(tmp_path / "b.pt")[0].state_dict()
+    for k, v in saved.state_dict().items():
+        assert torch.equal(v, b[k]), k
+    with pytest.raises(ModelFileError, match="ema: checkpoint 0.5, now 0.9"):
+        train([clip], tmp_path / "b.pt", TrainConfig(max_steps=6, ema=0.9, keep="last", **TINY),
+              resume=True, progress=False)
+
+
+def test_keep_last_saves_the_final_model_and_evals_are_returned(clip, tmp_path):
+    summary = train([clip], tmp_path / "a.pt", TrainConfig(max_steps=6, eval_every=2, ema=0.0,
+                                                           keep="last", **TINY), progress=False)
+    assert [e["step"] for e in summary["evals"]] == [2, 4, 6]
+    assert summary["evals"][-1]["sync_acc"] == summary["last"]["sync_acc"]
+    model, meta = load_ave(tmp_path / "a.pt")
+    ckpt = torch.load(tmp_path / "a.pt.ckpt", weights_only=True)
+    assert meta["step"] == 6
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
+    with pytest.raises(InputError, match="--keep"):
+        train([clip], tmp_path / "c.pt", TrainConfig(max_steps=1, keep="first", **TINY))
+
+
+def test_cpu_clock_limits_training_by_cpu_time(clip, tmp_path):
+    cpu = time.process_time()
+    summary = train([clip], tmp_path / "a.pt", TrainConfig(minutes=0.02, clock="cpu", **TINY),
+                    progress=False)
+    assert 1.2 <= summary["train_s"] <= time.process_time() - cpu
+    with pytest.raises(InputError, match="--clock"):
+        train([clip], tmp_path / "b.pt", TrainConfig(minutes=1, clock="sundial", **TINY))
 
 
 def test_resume_refuses_other_settings_or_data(clip, tmp_path):

@@ -2,10 +2,10 @@
 
 Each batch holds ``B`` face inputs (frames ``t−2 … t+2`` of an anchor frame ``t``) and ``B``
 mel windows: in even rows the window of ``t`` itself (in sync), in odd rows the window of
-``t + s`` in the same clip portion, ``MIN_SHIFT ≤ |s| ≤ max_shift`` frames (off sync). Every
-face is also compared with the audio of every other row from the same portion
-(:attr:`SyncBatch.targets`): those pairs are off sync too, unless they happen to lie within
-``MIN_SHIFT`` frames of each other (left out). Pairs across clips are left out as well: on a
+``t + s`` in the same clip portion, ``min_shift ≤ |s| ≤ max_shift`` frames (off sync;
+``min_shift`` defaults to :data:`MIN_SHIFT`). Every face is also compared with the audio of
+every other row from the same portion (:attr:`SyncBatch.targets`): those pairs are off sync
+too, unless they happen to lie within ``min_shift`` frames of each other (left out). Pairs across clips are left out as well: on a
 few speakers they are separable by "which clip" alone, a shortcut that teaches nothing about
 sync. So a batch gives ``B/2`` in-sync pairs and up to ``B²`` off-sync pairs for the price of
 ``B`` embeddings. To make those count on many short clips too, a batch is drawn in groups of
@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from synctalk.audio.dataset import ClipPortion, InputSpec, face_inputs, mel_inputs
 from synctalk.errors import InputError
 
-#: Smallest audio shift (frames) of a negative pair: nearer shifts still look in sync.
+#: Smallest audio shift (frames) of a negative pair by default, and of the held-out
+#: evaluation's negatives: nearer shifts still partly look in sync (the 200 ms windows overlap).
 MIN_SHIFT = 5
 #: Colour-jitter range: each factor is drawn from ``[1 − COLOUR, 1 + COLOUR]``. Kept small:
 #: after subtracting the clip's mean crop, the lip motion to be learnt is a residual of a few
@@ -58,7 +59,7 @@ class SyncBatch:
         faces: ``[B, 15, 48, 96]`` face inputs.
         mels: ``[B, 1, 80, 16]`` mel windows.
         targets: ``[B, B]`` float32: ``targets[i, j]`` is 1 when face ``i`` and audio ``j`` are
-            in sync, 0 when they are from the same portion and at least ``MIN_SHIFT`` frames
+            in sync, 0 when they are from the same portion and at least ``min_shift`` frames
             apart, −1 (ignore) otherwise. The diagonal is 1, 0, 1, 0, …
     """
 
@@ -74,6 +75,7 @@ class SyncSampler:
         portions: training portions (:func:`synctalk.audio.dataset.split_clip`).
         spec: input normalisation.
         max_shift: largest ``|s|`` (frames) of a negative's audio shift.
+        min_shift: smallest ``|s|`` of a negative (1 ≤ min_shift ≤ max_shift).
         group_size: rows of a batch drawn from the same portion (even; divides the batch size,
             else the whole batch is one group).
         augment: apply the augmentations listed in the module docstring.
@@ -85,9 +87,12 @@ class SyncSampler:
 
     def __init__(self, portions: list[ClipPortion], spec: InputSpec, *, max_shift: int = 15,
                  group_size: int = 16, augment: bool = True,
-                 device: torch.device | str = "cpu") -> None:
-        if max_shift < MIN_SHIFT:
-            raise InputError(f"--max-shift must be ≥ {MIN_SHIFT}, got {max_shift}")
+                 device: torch.device | str = "cpu", min_shift: int = MIN_SHIFT) -> None:
+        if min_shift < 1:
+            raise InputError(f"--min-shift must be ≥ 1, got {min_shift}")
+        if max_shift < min_shift:
+            raise InputError(f"--max-shift must be ≥ --min-shift ({min_shift}), got {max_shift}")
+        self.min_shift = min_shift
         if group_size < 2 or group_size % 2:
             raise InputError(f"--group-size must be an even number ≥ 2, got {group_size}")
         self.portions, self.spec, self.max_shift = portions, spec, max_shift
@@ -112,7 +117,7 @@ class SyncSampler:
 
     def _has_negative(self, p: ClipPortion) -> np.ndarray:
         """``[n]`` bool: frame ``t`` has a frame ``u`` with ``audio_ok`` and
-        ``MIN_SHIFT ≤ |u − t| ≤ max_shift`` in the portion."""
+        ``min_shift ≤ |u − t| ≤ max_shift`` in the portion."""
         ok = np.concatenate([[0], np.cumsum(p.audio_ok, dtype=np.int64)])  # ok[i] = Σ audio_ok[:i]
         n, t = len(p.audio_ok), np.arange(len(p.audio_ok))
 
@@ -120,14 +125,14 @@ class SyncSampler:
             a, b = np.clip(a, 0, n), np.clip(b + 1, 0, n)
             return np.where(b > a, ok[b] - ok[np.minimum(a, b)], 0)
 
-        before = count(t - self.max_shift, t - MIN_SHIFT)
-        return before + count(t + MIN_SHIFT, t + self.max_shift) > 0
+        before = count(t - self.max_shift, t - self.min_shift)
+        return before + count(t + self.min_shift, t + self.max_shift) > 0
 
     def _negative(self, p: ClipPortion, t: int, g: torch.Generator) -> int:
-        """A random frame ``u`` of ``p`` with ``audio_ok`` and ``5 ≤ |u − t| ≤ max_shift``."""
+        """A random frame ``u`` of ``p`` with ``audio_ok`` and ``min_shift ≤ |u − t| ≤ max_shift``."""
         lo, hi = max(p.lo, t - self.max_shift), min(p.hi, t + self.max_shift + 1)
         candidates = np.arange(lo, hi)
-        far = np.abs(candidates - t) >= MIN_SHIFT
+        far = np.abs(candidates - t) >= self.min_shift
         candidates = candidates[p.audio_ok[lo - p.lo:hi - p.lo] & far]
         return int(candidates[int(torch.randint(len(candidates), (1,), generator=g))])
 
@@ -169,7 +174,7 @@ class SyncSampler:
             mels = mask_mel(mels, g)
         same = owner[:, None] == owner[None, :]
         gap = np.abs(face_frame[:, None] - audio[None, :])
-        targets = np.where(~same | (gap < MIN_SHIFT), -1.0, 0.0)
+        targets = np.where(~same | (gap < self.min_shift), -1.0, 0.0)
         targets[same & (gap == 0)] = 1.0
         return SyncBatch(faces, mels, torch.from_numpy(targets).float().to(self.device))
 

@@ -17,17 +17,23 @@ shares no frames and no audio with training windows (:func:`~synctalk.audio.data
   (stride one frame), the shift in −15 … +15 frames with the highest mean similarity; success
   when it is within ±1 frame of 0.
 
-Files, for ``--out AVE.pt``: ``AVE.pt`` (the best model on the held-out metrics — the mean of
-the three accuracies — or the last one without a held-out part; the
+With ``ema`` set, an exponential moving average of the weights (:class:`WeightEMA`) is what
+gets evaluated and saved. ``clock`` says whether ``minutes`` is wall or CPU time.
+
+Files, for ``--out AVE.pt``: ``AVE.pt`` (with ``keep="best"``, the best model on the held-out
+metrics — the mean of the three accuracies — or the last one without a held-out part; with
+``keep="last"``, the final model; the
 :func:`~synctalk.audio.ave.save_ave` format, meta records the inputs convention, clips, config
 and metrics), ``AVE.pt.ckpt``
-(resumable state: model, optimiser, RNG, step, elapsed time, best so far), ``AVE.pt.log.jsonl``
+(resumable state: model, weight average, optimiser, RNG, step, elapsed time, best so far,
+evaluations), ``AVE.pt.log.jsonl``
 (one JSON object per evaluation and per logging interval) and, when
 ``torch.utils.tensorboard`` imports, TensorBoard events in ``AVE.pt.tb/``. All are written
 atomically.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -56,6 +62,10 @@ EVAL_SEED = 1234
 LOG_EVERY = 20
 #: Learning rate at the end of a run, as a fraction of the peak.
 FINAL_LR_FRACTION = 0.05
+#: What checkpoints written before a setting existed were trained with.
+LEGACY_SETTINGS = {"ema": 0.0, "clock": "wall", "min_shift": 5}
+#: Clocks that ``TrainConfig.minutes`` can be measured with.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 @dataclass
@@ -72,7 +82,11 @@ class TrainConfig:
         weight_decay: Adam L2 weight decay.
         epochs: stop after this many epochs (an epoch draws each anchor frame about once as a
             positive and once as a negative: ``⌈2·anchors / batch_size⌉`` steps).
-        minutes: stop when this much training time (summed over resumed runs) has passed.
+        minutes: stop when this much training time (summed over resumed runs) has passed,
+            measured by ``clock``.
+        clock: ``"wall"`` (elapsed time) or ``"cpu"`` (CPU time of this process, all threads:
+            with one torch thread, the work done regardless of other jobs sharing the
+            machine). Applies to ``minutes``, the learning-rate schedule and ``train_s``.
         max_steps: stop after this many steps.
         val_fraction: held-out share: the tail of every clip (``val_split="tail"``) or whole
             clips (``"clips"``).
@@ -80,12 +94,20 @@ class TrainConfig:
             ``"clips"`` (each clip is held out whole with probability ``val_fraction``, decided
             by its cache key; for many short clips such as LRS2's).
         max_shift: largest audio shift (frames) of a training negative.
+        min_shift: smallest audio shift (frames) of a training negative (held-out negatives
+            are always ≥ :data:`~synctalk.audio.sampling.MIN_SHIFT` = 5 frames off).
         group_size: rows of a batch drawn from one clip portion
             (:class:`~synctalk.audio.sampling.SyncSampler`).
         seed: seed of the initial weights and of batch sampling/augmentation.
         device: torch device for training.
         eval_every: steps between evaluations/checkpoints; 0 = once per epoch.
         augment: use data augmentation.
+        ema: decay of an exponential moving average of the weights (parameters and
+            batch-norm statistics) that is evaluated and saved instead of the raw weights;
+            0 = off. The decay of step ``k`` is ``min(ema, (1 + k) / (10 + k))``, so early
+            averages are not dominated by the initial weights (see :class:`WeightEMA`).
+        keep: which model ``--out`` holds: ``"best"`` (the best evaluation on the held-out
+            part; the last one without a held-out part) or ``"last"`` (the final model).
     """
 
     width: float = 0.25
@@ -99,15 +121,19 @@ class TrainConfig:
     val_fraction: float = 0.1
     val_split: str = "tail"
     max_shift: int = 15
+    min_shift: int = MIN_SHIFT
     group_size: int = 16
     seed: int = 0
     device: str = "cpu"
     eval_every: int = 0
     augment: bool = True
+    ema: float = 0.998
+    keep: str = "best"
+    clock: str = "wall"
 
     #: Settings a resumed run must share with the checkpoint.
     FIXED = ("width", "audio_layout", "batch_size", "val_fraction", "val_split", "max_shift",
-             "group_size", "seed", "augment")
+             "group_size", "seed", "augment", "ema", "clock", "min_shift")
 
 
 def learning_rate(cfg: "TrainConfig", progress: float) -> float:
@@ -118,6 +144,49 @@ def learning_rate(cfg: "TrainConfig", progress: float) -> float:
     """
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
     return cfg.lr * (FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * cosine)
+
+
+class WeightEMA:
+    """Exponential moving average of a model's state (parameters and buffers).
+
+    After every optimiser step, :meth:`update` moves each floating-point entry of the
+    average towards the model's: ``avg ← d·avg + (1 − d)·w`` with
+    ``d = min(decay, (1 + k) / (10 + k))`` at update ``k`` (0-based; the warm-up keeps the
+    first averages close to the current weights); integer entries (batch-norm counters)
+    are copied. The averaged copy is what gets evaluated and saved: it smooths the
+    step-to-step noise of small-batch training without a second pass over the data.
+
+    Args:
+        model: the trained model (its state is copied; it is not modified).
+        decay: the long-run decay in (0, 1).
+    """
+
+    def __init__(self, model: AVE, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise InputError(f"--ema must be in (0, 1) (or 0 for none), got {decay}")
+        self.decay = decay
+        self.updates = 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: AVE) -> None:
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for avg, w in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if avg.is_floating_point():
+                avg.lerp_(w.detach(), 1.0 - d)
+            else:
+                avg.copy_(w)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates,
+                "model": {k: v.cpu() for k, v in self.model.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state["updates"])
+        self.model.load_state_dict(state["model"])
 
 
 def sync_loss(audio: torch.Tensor, faces: torch.Tensor, targets: torch.Tensor,
@@ -251,6 +320,7 @@ def _load_ckpt(path: Path, cfg: TrainConfig, clip_keys: list[str]) -> dict[str, 
         raise ModelFileError(f"{path} is not a {CKPT_FORMAT} checkpoint — "
                              "start without --resume.")
     saved = state["config"]
+    saved = {**LEGACY_SETTINGS, **saved}
     changed = [f"{k}: checkpoint {saved.get(k)!r}, now {getattr(cfg, k)!r}"
                for k in TrainConfig.FIXED if saved.get(k) != getattr(cfg, k)]
     if changed:
@@ -284,7 +354,8 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
 
     Returns:
         Summary: ``steps``, ``epochs``, ``train_s``, ``s_per_epoch``, ``best`` (step and
-        held-out metrics of the saved model), ``last`` (metrics at the final step), ``out``.
+        held-out metrics of the best evaluation), ``last`` (metrics at the final step),
+        ``evals`` (``[{"step", **metrics}]`` of every evaluation, in order), ``out``.
 
     Raises:
         InputError: bad settings or no usable training data. ModelFileError: ``resume`` with a
@@ -299,6 +370,11 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
             raise InputError(f"{name} must be positive, got {value}")
     if cfg.batch_size < 2 or cfg.batch_size % 2:
         raise InputError(f"--batch-size must be an even number ≥ 2, got {cfg.batch_size}")
+    if cfg.keep not in ("best", "last"):
+        raise InputError(f"--keep must be 'best' or 'last', got {cfg.keep!r}")
+    if cfg.clock not in CLOCKS:
+        raise InputError(f"--clock must be one of {', '.join(CLOCKS)}, got {cfg.clock!r}")
+    now = CLOCKS[cfg.clock]
     if not out.parent.is_dir():
         raise InputError(f"output directory does not exist: {out.parent} — create it first.")
     device = torch.device(cfg.device)
@@ -308,7 +384,7 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
     splits = split_clips(clips, cfg.val_fraction, cfg.val_split)
     sampler = SyncSampler([tr for tr, _ in splits if tr is not None], spec,
                           max_shift=cfg.max_shift, group_size=cfg.group_size,
-                          augment=cfg.augment, device=device)
+                          augment=cfg.augment, device=device, min_shift=cfg.min_shift)
     held_out = [va for _, va in splits if va is not None]
     steps_per_epoch = math.ceil(2 * len(sampler) / cfg.batch_size)
     eval_every = cfg.eval_every or steps_per_epoch
@@ -317,17 +393,26 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
     total = min(limits) if limits else None
 
     model = AVE(cfg.audio_layout, seed=cfg.seed, width=cfg.width).to(device)
+    if device.type == "cpu":
+        # NHWC convolution weights: ~15 % faster forward + backward with oneDNN on the CPU
+        # (same numbers up to rounding; saved state dicts load into either layout).
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = WeightEMA(model, cfg.ema) if cfg.ema else None
     g = torch.Generator().manual_seed(cfg.seed)
     ckpt_path = Path(f"{out}.ckpt")
     keys = [c.key for c in clips]
     step, elapsed, best = 0, 0.0, None
+    evals: list[dict[str, Any]] = []
     if resume:
         state = _load_ckpt(ckpt_path, cfg, keys)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         step, elapsed, best = state["step"], state["elapsed_s"], state["best"]
+        evals = list(state.get("evals", []))
         log.info("ave train: resumed at step %d (%.1f min trained)", step, elapsed / 60)
     logger = _Log(out)
     log.info("ave train: %d clips, %d training anchors, %d held-out portions; %d steps per epoch",
@@ -336,19 +421,25 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
     def checkpoint() -> None:
         _save_ckpt(ckpt_path, {"format": CKPT_FORMAT, "config": asdict(cfg), "clips": keys,
                                "step": step, "elapsed_s": elapsed, "best": best,
+                               "evals": evals,
                                "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                               "ema": ema.state_dict() if ema is not None else None,
                                "optimizer": opt.state_dict(), "generator": g.get_state()})
 
-    def evaluation() -> dict[str, float]:
+    def evaluation(final: bool = False) -> dict[str, float]:
         nonlocal best
-        metrics = evaluate(model, held_out, spec, device=device) if held_out else {}
+        judged = ema.model if ema is not None else model
+        metrics = evaluate(judged, held_out, spec, device=device) if held_out else {}
         model.train()
         score = selection_score(metrics)
         logger.write({"kind": "eval", "step": step, "epoch": step / steps_per_epoch,
                       "time": elapsed, **metrics, "score": score})
-        if best is None or not held_out or score > best["score"]:
+        evals.append({"step": step, **metrics})
+        improved = best is None or not held_out or score > best["score"]
+        if improved:
             best = {"step": step, "score": score, "metrics": metrics}
-            save_ave(out, model, _meta(cfg, spec, clips, step, metrics))
+        if (cfg.keep == "best" and improved) or (cfg.keep == "last" and final):
+            save_ave(out, judged, _meta(cfg, spec, clips, step, metrics))
         return metrics
 
     def fraction_done() -> float:
@@ -365,7 +456,7 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
     model.train()
     last: dict[str, float] = {}
     running = []
-    clock = time.perf_counter() - elapsed  # elapsed = wall time of the loop, summed over runs
+    clock = now() - elapsed  # elapsed = time of the loop (cfg.clock), summed over runs
     try:
         while not done():
             for group in opt.param_groups:
@@ -376,10 +467,12 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update(model)
             step += 1
             running.append(loss.item())
             bar.update(1)
-            elapsed = time.perf_counter() - clock
+            elapsed = now() - clock
             if step % LOG_EVERY == 0:
                 logger.write({"kind": "train", "step": step, "epoch": step / steps_per_epoch,
                               "time": elapsed, "loss": float(np.mean(running)),
@@ -389,9 +482,9 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
             if step % eval_every == 0 and not done():
                 last = evaluation()
                 checkpoint()
-                elapsed = time.perf_counter() - clock
-        last = evaluation()
-        elapsed = time.perf_counter() - clock
+                elapsed = now() - clock
+        last = evaluation(final=True)
+        elapsed = now() - clock
         checkpoint()
     except KeyboardInterrupt:
         checkpoint()
@@ -403,4 +496,4 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
     return {"out": str(out), "steps": step, "epochs": step / steps_per_epoch,
             "steps_per_epoch": steps_per_epoch, "train_s": elapsed,
             "s_per_epoch": elapsed / max(step / steps_per_epoch, 1e-9),
-            "anchors": len(sampler), "best": best, "last": last}
+            "anchors": len(sampler), "best": best, "last": last, "evals": evals}

@@ -118,6 +118,15 @@ def _register_train(actions) -> None:
     parser.add_argument("--eval-every", type=int, default=d.eval_every,
                         help="steps between evaluations and checkpoints (0: once per epoch)")
     parser.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    parser.add_argument("--min-shift", type=int, default=d.min_shift,
+                        help="smallest audio shift (frames) of a training negative")
+    parser.add_argument("--ema", type=float, default=d.ema,
+                        help="evaluate and save an exponential moving average of the weights "
+                             "with this decay; 0 = the raw weights")
+    parser.add_argument("--keep", choices=("best", "last"), default=d.keep,
+                        help="save the best model on the held-out part, or the final one")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default=d.clock,
+                        help="what --minutes measures: elapsed time or this process's CPU time")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--resume", action="store_true", help="continue from AVE.pt.ckpt")
     parser.add_argument("--prep-workers", type=int, default=1,
@@ -139,17 +148,22 @@ def _train(args) -> int:
                       val_split=args.val_split,
                       max_shift=args.max_shift, group_size=args.group_size, seed=args.seed,
                       device=args.device,
-                      eval_every=args.eval_every, augment=not args.no_augment)
+                      eval_every=args.eval_every, augment=not args.no_augment,
+                      ema=args.ema, keep=args.keep, clock=args.clock,
+                      min_shift=args.min_shift)
     clips = load_clips(find_clips(args.data), cache_dir=args.cache_dir,
                        face_landmarker=args.face_landmarker, workers=args.prep_workers)
     summary = train(clips, args.out, cfg, resume=args.resume, progress=not args.no_progress)
-    best = summary["best"]["metrics"] or {}
+    if cfg.keep == "best":
+        kept_step, kept = summary["best"]["step"], summary["best"]["metrics"] or {}
+    else:
+        kept_step, kept = summary["steps"], summary["last"] or {}
     print(f"trained {summary['steps']} steps ({summary['epochs']:.1f} epochs) in "
           f"{summary['train_s'] / 60:.1f} min ({summary['s_per_epoch']:.1f} s/epoch)")
-    if best:
-        print(f"held-out (step {summary['best']['step']}): sync accuracy {best['sync_acc']:.3f}, "
-              f"offset within ±1 frame: {best['offset_acc_1s']:.3f} (1 s windows), "
-              f"{best['offset_acc_2s']:.3f} (2 s windows)")
+    if kept:
+        print(f"held-out (step {kept_step}): sync accuracy {kept['sync_acc']:.3f}, "
+              f"offset within ±1 frame: {kept['offset_acc_1s']:.3f} (1 s windows), "
+              f"{kept['offset_acc_2s']:.3f} (2 s windows)")
     print(f"wrote {args.out}")
     return 0
 

@@ -12,8 +12,9 @@ def register(sub) -> None:
         description="Ingest (resample, auto-crop, 16 kHz audio), track the face (478 landmarks, "
                     "52 blendshapes), segment head/neck/torso/background without learned weights, "
                     "stabilise the head pose by bundle adjustment, smooth blendshapes, split "
-                    "train/val, and write a preview and report. Resumable: re-running skips "
-                    "finished steps.",
+                    "train/val, compute audio features with an audio-visual encoder (trained "
+                    "on the subject unless --ave is given), and write a preview and report. "
+                    "Resumable: re-running skips finished steps.",
         **subcommand_parser_kwargs())
     p.add_argument("video", help="input video (any container/codec ffmpeg reads)")
     p.add_argument("--out", required=True, help="subject directory to create or resume")
@@ -30,6 +31,13 @@ def register(sub) -> None:
                    help="fraction of the clip (its end) held out for validation")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="use only the first N seconds of the video")
+    p.add_argument("--ave", default=None, metavar="PATH",
+                   help="audio-visual encoder for the audio features: an AVE file (synctalk ave "
+                        "import/train) or a SyncTalk/Wav2Lip checkpoint; default: train a slim "
+                        "AVE on the subject's own video")
+    p.add_argument("--ave-budget", type=float, default=None, metavar="SECONDS",
+                   help="CPU seconds of subject-AVE training (default: 36 s per minute of "
+                        "video, at least 30 s, at most 10 min)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -40,7 +48,8 @@ def run(args) -> int:
     result = prep(args.video, args.out, PrepOptions(
         fps=args.fps, size=args.size, auto_crop=args.auto_crop, force=args.force,
         face_landmarker=args.face_landmarker, selfie_segmenter=args.selfie_segmenter,
-        val_fraction=args.val_fraction, max_seconds=args.max_seconds))
+        val_fraction=args.val_fraction, max_seconds=args.max_seconds, ave=args.ave,
+        ave_budget=args.ave_budget))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
