@@ -18,7 +18,8 @@ from synctalk import __version__
 from synctalk.errors import SyncTalkError
 
 #: Modules under ``synctalk.commands`` registered as subcommands, in ``--help`` order.
-COMMAND_MODULES = ("demo", "synth", "prep", "doctor", "models", "ave", "bench")
+COMMAND_MODULES = ("demo", "synth", "prep", "train", "render", "eval", "doctor", "models", "ave", "bench",
+                   "native")
 
 
 class ConfigFileParser(configargparse.YAMLConfigFileParser):

@@ -84,7 +84,8 @@ def write_wav(path, audio: np.ndarray, sr: int = 16000) -> None:
 
 
 def write_mp4(path, frames: Iterable[np.ndarray], fps: float, *, audio_path=None,
-              crf: int = 18, preset: str = "medium", threads: int = 2) -> int:
+              crf: int = 18, preset: str = "medium", threads: int = 2,
+              shortest: bool = True) -> int:
     """Encode RGB frames to H.264 (yuv420p) MP4, optionally muxing an audio file as AAC.
 
     Frames are streamed to ffmpeg (never all held in memory). Output is bit-exact for
@@ -97,6 +98,9 @@ def write_mp4(path, frames: Iterable[np.ndarray], fps: float, *, audio_path=None
         fps: frame rate.
         audio_path: optional audio file to mux (trimmed to the video length).
         crf, preset, threads: x264 settings.
+        shortest: end the file with the shorter stream (ffmpeg ``-shortest``); False keeps
+            every frame and all of the audio (a renderer that covers the audio with
+            ``⌈duration · fps⌉`` frames wants that: ``-shortest`` may drop the last frame).
 
     Returns:
         The number of frames written.
@@ -117,7 +121,8 @@ def write_mp4(path, frames: Iterable[np.ndarray], fps: float, *, audio_path=None
             cmd += ["-i", str(audio_path)]
         cmd += ["-map", "0:v:0"]
         if audio_path is not None:
-            cmd += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "128k", "-shortest"]
+            cmd += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "128k"]
+            cmd += ["-shortest"] if shortest else []
         cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
                 "-threads", str(threads), "-map_metadata", "-1", "-fflags", "+bitexact",
                 "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-movflags", "+faststart",

@@ -35,3 +35,52 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def nerf_subject(tmp_path_factory, face_landmarker_path) -> Path:
+    """A tiny prepared subject for the NeRF tests: a 6 s synthetic clip at 160² prepped to 128²,
+    with a random-weight slim AVE as its audio encoder (no encoder training). Made once per
+    session; tests must not modify it (copy it first)."""
+    import torch
+
+    from data_prep.pipeline import PrepOptions, prep
+    from synctalk.audio.ave import AVE, save_ave
+    from synctalk.synth.generate import SynthOptions, generate
+
+    root = tmp_path_factory.mktemp("nerf_subject")
+    generate(root / "synth", SynthOptions(seconds=6, size=160, seed=1))
+    ave_path = root / "ave_random.pt"
+    with torch.random.fork_rng(devices=[]):
+        save_ave(ave_path, AVE(seed=0, width=0.125), {"inputs": {"face": "clip", "mel": "clip"}},
+                 with_face=False)
+    prep(root / "synth" / "clip.mp4", root / "subject",
+         PrepOptions(size=128, face_landmarker=str(face_landmarker_path), ave=str(ave_path)))
+    return root / "subject"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(nerf_subject, tmp_path_factory) -> Path:
+    """A model trained for 8 steps at 64² on ``nerf_subject`` (for render/eval tests; the
+    numbers it renders are meaningless, the files and their layout are not). Do not modify."""
+    import torch
+
+    from synctalk.nerf.config import load_preset
+    from synctalk.nerf.trainer import train
+
+    cfg = load_preset("demo").replace(
+        size=64, grid_levels=4, grid_features=2, grid_base_res=8, grid_max_res=64,
+        grid_log2_hashmap=12, hidden_dim=32, geo_dim=16, occ_resolution=16, occ_warmup=2,
+        occ_update_every=2, samples_per_ray=8, infer_samples=16, rays_per_step=256,
+        frames_per_step=2, lip_patch=12, head_iters=4, lip_iters=2, torso_iters=2,
+        torso_rays_per_step=256, torso_levels=3, torso_base_res=8, torso_max_res=64,
+        torso_anchors=4, val_every=0, val_frames=1, final_val_frames=1, ckpt_every=100,
+        log_every=2, time_budget=None, seed=3)
+    out = tmp_path_factory.mktemp("tiny_model") / "model"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(nerf_subject, out, cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out
