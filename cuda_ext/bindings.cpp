@@ -18,6 +18,7 @@
 #include <pybind11/stl.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <string>
 #include <vector>
 
 #include "synctalk/density.h"
@@ -163,6 +164,20 @@ at::Tensor grid_encode_forward(const at::Tensor& x, const at::Tensor& table,
   const int64_t n = x.size(0);
   auto out = at::empty({n, ga.a.n_planes * ga.g.n_levels * ga.g.n_features}, x.options());
   if (n == 0) return out;
+  if (ga.dim == 2) {  // planes and the tri-plane
+    if (x.scalar_type() == at::kDouble) {
+      ST_DISPATCH_DEVICE(x.device(), plane_encode_forward, ga.g, ga.a, n, x.data_ptr<double>(),
+                         table.data_ptr<double>(), out.data_ptr<double>());
+    } else if (table.scalar_type() == at::kHalf) {
+      ST_DISPATCH_DEVICE(x.device(), plane_encode_forward, ga.g, ga.a, n, x.data_ptr<float>(),
+                         reinterpret_cast<const st::HalfBits*>(table.data_ptr<at::Half>()),
+                         out.data_ptr<float>());
+    } else {
+      ST_DISPATCH_DEVICE(x.device(), plane_encode_forward, ga.g, ga.a, n, x.data_ptr<float>(),
+                         table.data_ptr<float>(), out.data_ptr<float>());
+    }
+    return out;
+  }
   if (x.scalar_type() == at::kDouble) {
     ST_DISPATCH_DEVICE(x.device(), grid_encode_forward, ga.g, ga.a, ga.dim, n,
                        x.data_ptr<double>(), table.data_ptr<double>(), out.data_ptr<double>());
@@ -191,8 +206,31 @@ std::vector<at::Tensor> grid_encode_backward(
                   grad_out.size(1) == ga.a.n_planes * ga.g.n_levels * ga.g.n_features,
               "grad_out has shape ", grad_out.sizes());
   at::Tensor grad_table, grad_x;
-  if (need_table) grad_table = at::zeros(table.sizes(), x.options());
   if (need_x) grad_x = at::zeros_like(x);
+  if (ga.dim == 2 && n > 0) {
+    // The plane kernels zero the table gradient themselves, level by level.
+    if (need_table) grad_table = at::empty(table.sizes(), x.options());
+    if (!need_table && !need_x) return {grad_table, grad_x};
+    if (x.scalar_type() == at::kDouble) {
+      ST_DISPATCH_DEVICE(x.device(), plane_encode_backward, ga.g, ga.a, n, x.data_ptr<double>(),
+                         table.data_ptr<double>(), grad_out.data_ptr<double>(),
+                         need_table ? grad_table.data_ptr<double>() : nullptr,
+                         need_x ? grad_x.data_ptr<double>() : nullptr);
+    } else if (table.scalar_type() == at::kHalf) {
+      ST_DISPATCH_DEVICE(x.device(), plane_encode_backward, ga.g, ga.a, n, x.data_ptr<float>(),
+                         reinterpret_cast<const st::HalfBits*>(table.data_ptr<at::Half>()),
+                         grad_out.data_ptr<float>(),
+                         need_table ? grad_table.data_ptr<float>() : nullptr,
+                         need_x ? grad_x.data_ptr<float>() : nullptr);
+    } else {
+      ST_DISPATCH_DEVICE(x.device(), plane_encode_backward, ga.g, ga.a, n, x.data_ptr<float>(),
+                         table.data_ptr<float>(), grad_out.data_ptr<float>(),
+                         need_table ? grad_table.data_ptr<float>() : nullptr,
+                         need_x ? grad_x.data_ptr<float>() : nullptr);
+    }
+    return {grad_table, grad_x};
+  }
+  if (need_table) grad_table = at::zeros(table.sizes(), x.options());
   if (n == 0) return {grad_table, grad_x};
   if (x.scalar_type() == at::kDouble) {
     if (need_table)
@@ -258,11 +296,15 @@ std::vector<at::Tensor> ray_aabb(const at::Tensor& rays_o, const at::Tensor& ray
 // Returns (ray_indices [S], t_starts [S], t_ends [S], t_pos [S] (empty without
 // noise), offsets [N], counts [N]). occupied: [R, R, R] bool or None; noise:
 // [N, n_samples] uniform in [0, 1) or None (midpoints).
+// occupied_bits / bits_res (CPU only): the grid as pack_bitfield's bitfield of an
+// [R, R, R] grid with R = bits_res, instead of `occupied` (fewer cache misses).
 std::vector<at::Tensor> march_rays(const at::Tensor& rays_o, const at::Tensor& rays_d,
                                    const at::Tensor& t_near, const at::Tensor& t_far,
                                    const c10::optional<at::Tensor>& occupied,
                                    const at::Tensor& aabb, int64_t n_samples,
-                                   const c10::optional<at::Tensor>& noise) {
+                                   const c10::optional<at::Tensor>& noise,
+                                   const c10::optional<at::Tensor>& occupied_bits,
+                                   int64_t bits_res) {
   check_rays(rays_o, rays_d, aabb);
   const auto dev = rays_o.device();
   const auto dt = rays_o.scalar_type();
@@ -283,13 +325,58 @@ std::vector<at::Tensor> march_rays(const at::Tensor& rays_o, const at::Tensor& r
                 "occupied must be [R, R, R]");
     mp.grid_res = static_cast<int>(occupied->size(0));
   }
+  mp.occupancy_bits = occupied_bits.has_value();
+  if (mp.occupancy_bits) {
+    TORCH_CHECK(!occupied.has_value(), "pass occupied or occupied_bits, not both");
+    TORCH_CHECK(!dev.is_cuda(), "occupied_bits is for the CPU kernels");
+    check_float(*occupied_bits, "occupied_bits", at::kByte, dev);
+    TORCH_CHECK(bits_res >= 1 && occupied_bits->numel() * 8 >= bits_res * bits_res * bits_res,
+                "occupied_bits must hold R^3 bits");
+    mp.grid_res = static_cast<int>(bits_res);
+  }
   if (noise.has_value()) {
     check_float(*noise, "noise", dt, dev);
     TORCH_CHECK(noise->dim() == 2 && noise->size(0) == n && noise->size(1) == n_samples,
                 "noise must be [N, n_samples]");
   }
   const uint8_t* occ =
-      occupied.has_value() ? reinterpret_cast<const uint8_t*>(occupied->data_ptr<bool>()) : nullptr;
+      occupied.has_value() ? reinterpret_cast<const uint8_t*>(occupied->data_ptr<bool>())
+                           : (mp.occupancy_bits ? occupied_bits->data_ptr<uint8_t>() : nullptr);
+  if (!dev.is_cuda()) {
+    // CPU: one pass leaves each ray's kept candidates compacted in cand [N, 3, K]; a
+    // copy packs them (no keep mask, no second evaluation of the candidates).
+    auto counts = at::empty({n}, rays_o.options().dtype(at::kLong));
+    auto offsets = at::empty({n}, rays_o.options().dtype(at::kLong));
+    at::Tensor ray_indices, t_starts, t_ends, t_pos;
+    AT_DISPATCH_FLOATING_TYPES(dt, "march_rays", [&] {
+      const scalar_t* nz = noise.has_value() ? noise->data_ptr<scalar_t>() : nullptr;
+      auto cand = at::empty({n, 3, n_samples}, rays_o.options());
+      if (n > 0) {
+        st::cpu::march_count_packed<scalar_t>(
+            mp, rays_o.data_ptr<scalar_t>(), rays_d.data_ptr<scalar_t>(),
+            t_near.data_ptr<scalar_t>(), t_far.data_ptr<scalar_t>(), aabb.data_ptr<scalar_t>(),
+            occ, nz, cand.data_ptr<scalar_t>(), counts.data_ptr<int64_t>());
+      }
+      int64_t total = 0;
+      const int64_t* c = counts.data_ptr<int64_t>();
+      int64_t* o = offsets.data_ptr<int64_t>();
+      for (int64_t r = 0; r < n; ++r) {  // exclusive prefix sum
+        o[r] = total;
+        total += c[r];
+      }
+      ray_indices = at::empty({total}, counts.options());
+      t_starts = at::empty({total}, rays_o.options());
+      t_ends = at::empty({total}, rays_o.options());
+      t_pos = at::empty({noise.has_value() ? total : 0}, rays_o.options());
+      if (total > 0) {
+        st::cpu::march_copy_packed<scalar_t>(
+            mp, cand.data_ptr<scalar_t>(), o, c, ray_indices.data_ptr<int64_t>(),
+            t_starts.data_ptr<scalar_t>(), t_ends.data_ptr<scalar_t>(),
+            noise.has_value() ? t_pos.data_ptr<scalar_t>() : nullptr);
+      }
+    });
+    return {ray_indices, t_starts, t_ends, t_pos, offsets, counts};
+  }
   auto counts = at::zeros({n}, rays_o.options().dtype(at::kLong));
   auto keep = at::empty({n, n_samples}, rays_o.options().dtype(at::kByte));
   at::Tensor offsets, ray_indices, t_starts, t_ends, t_pos;
@@ -378,7 +465,8 @@ st::CompositeInputs<scalar_t> composite_inputs(const at::Tensor& sigmas, const a
 }
 
 // Returns (weights [S], transmittance [S], alphas [S], opacity [N], depth [N],
-// color [N, C], extras [N, K]).
+// color [N, C], extras [N, K], expneg [S]); expneg = exp(-sigma * delta), which
+// composite_backward takes back.
 std::vector<at::Tensor> composite_forward(const at::Tensor& sigmas, const at::Tensor& rgbs,
                                           const at::Tensor& t_starts, const at::Tensor& t_ends,
                                           const at::Tensor& offsets, const at::Tensor& counts,
@@ -390,6 +478,7 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& sigmas, const at::Te
   auto weights = at::empty({dm.n_samples}, opts);
   auto trans = at::empty({dm.n_samples}, opts);
   auto alphas = at::empty({dm.n_samples}, opts);
+  auto expneg = at::empty({dm.n_samples}, opts);
   auto opacity = at::empty({dm.n_rays}, opts);
   auto depth = at::empty({dm.n_rays}, opts);
   auto color = at::empty({dm.n_rays, dm.n_color}, opts);
@@ -398,15 +487,15 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& sigmas, const at::Te
     AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "composite_forward", [&] {
       const st::CompositeOutputs<scalar_t> out{
           weights.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(), alphas.data_ptr<scalar_t>(),
-          opacity.data_ptr<scalar_t>(), depth.data_ptr<scalar_t>(), color.data_ptr<scalar_t>(),
-          extras_out.data_ptr<scalar_t>()};
+          expneg.data_ptr<scalar_t>(),  opacity.data_ptr<scalar_t>(), depth.data_ptr<scalar_t>(),
+          color.data_ptr<scalar_t>(),   extras_out.data_ptr<scalar_t>()};
       ST_DISPATCH_DEVICE(sigmas.device(), composite_forward<scalar_t>, dm,
                          offsets.data_ptr<int64_t>(), counts.data_ptr<int64_t>(),
                          composite_inputs<scalar_t>(sigmas, rgbs, t_starts, t_ends, extras, bg),
                          out);
     });
   }
-  return {weights, trans, alphas, opacity, depth, color, extras_out};
+  return {weights, trans, alphas, opacity, depth, color, extras_out, expneg};
 }
 
 // Returns (grad_sigmas [S], grad_rgbs [S, C], grad_extras [S, K], grad_bg [N, C]).
@@ -414,8 +503,8 @@ std::vector<at::Tensor> composite_backward(
     const at::Tensor& sigmas, const at::Tensor& rgbs, const at::Tensor& t_starts,
     const at::Tensor& t_ends, const at::Tensor& offsets, const at::Tensor& counts,
     const c10::optional<at::Tensor>& extras, const c10::optional<at::Tensor>& bg,
-    const at::Tensor& weights, const at::Tensor& trans, const at::Tensor& opacity,
-    const c10::optional<at::Tensor>& g_weights, const c10::optional<at::Tensor>& g_trans,
+    const at::Tensor& weights, const at::Tensor& trans, const at::Tensor& expneg,
+    const at::Tensor& opacity, const c10::optional<at::Tensor>& g_weights, const c10::optional<at::Tensor>& g_trans,
     const c10::optional<at::Tensor>& g_alphas, const at::Tensor& g_opacity,
     const at::Tensor& g_depth, const at::Tensor& g_color, const at::Tensor& g_extras) {
   const st::CompositeDims dm =
@@ -424,6 +513,7 @@ std::vector<at::Tensor> composite_backward(
   const auto dt = sigmas.scalar_type();
   check_float(weights, "weights", dt, dev);
   check_float(trans, "transmittance", dt, dev);
+  check_float(expneg, "expneg", dt, dev);
   check_float(opacity, "opacity", dt, dev);
   check_float(g_opacity, "grad of opacity", dt, dev);
   check_float(g_depth, "grad of depth", dt, dev);
@@ -436,7 +526,7 @@ std::vector<at::Tensor> composite_backward(
     }
   }
   TORCH_CHECK(weights.numel() == dm.n_samples && trans.numel() == dm.n_samples &&
-                  opacity.numel() == dm.n_rays,
+                  expneg.numel() == dm.n_samples && opacity.numel() == dm.n_rays,
               "composite_backward: saved forward outputs do not match");
   TORCH_CHECK(g_color.numel() == dm.n_rays * dm.n_color &&
                   g_extras.numel() == dm.n_rays * dm.n_extras &&
@@ -460,10 +550,26 @@ std::vector<at::Tensor> composite_backward(
                          counts.data_ptr<int64_t>(),
                          composite_inputs<scalar_t>(sigmas, rgbs, t_starts, t_ends, extras, bg),
                          weights.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(),
-                         opacity.data_ptr<scalar_t>(), g, grad);
+                         expneg.data_ptr<scalar_t>(), opacity.data_ptr<scalar_t>(), g, grad);
     });
   }
   return {grad_sigmas, grad_rgbs, grad_extras, grad_bg};
+}
+
+// Whether offsets/counts [N] (int64, CPU) describe runs inside S packed samples:
+// offsets >= 0, counts >= 0, offsets + counts <= S.
+bool packing_ok(const at::Tensor& offsets, const at::Tensor& counts, int64_t n_samples) {
+  check_float(offsets, "offsets", at::kLong, offsets.device());
+  check_float(counts, "counts", at::kLong, offsets.device());
+  TORCH_CHECK(!offsets.is_cuda(), "packing_ok checks CPU tensors");
+  TORCH_CHECK(offsets.numel() == counts.numel(), "offsets/counts must have one size");
+  const int64_t* o = offsets.data_ptr<int64_t>();
+  const int64_t* c = counts.data_ptr<int64_t>();
+  bool ok = true;
+  for (int64_t r = 0; r < offsets.numel(); ++r) {
+    ok &= o[r] >= 0 && c[r] >= 0 && o[r] <= n_samples - c[r];
+  }
+  return ok;
 }
 
 // ------------------------------------------------------------------- density helpers
@@ -509,6 +615,36 @@ at::Tensor unpack_bitfield(const at::Tensor& bits, int64_t n_cells) {
   return cells;
 }
 
+// ------------------------------------------------------------ CPU instruction set
+
+const char* isa_name(st::cpu::CpuIsa isa) {
+  switch (isa) {
+    case st::cpu::CpuIsa::kAvx512:
+      return "avx512";
+    case st::cpu::CpuIsa::kAvx2:
+      return "avx2";
+    default:
+      return "base";
+  }
+}
+
+// The instruction set of the vectorised float32 CPU loops ("avx512", "avx2" or "base").
+std::string cpu_isa() { return isa_name(st::cpu::cpu_isa()); }
+
+// Use a lower instruction set (tests, benchmarks); returns the one in use afterwards.
+std::string set_cpu_isa(const std::string& name) {
+  st::cpu::CpuIsa isa = st::cpu::CpuIsa::kBase;
+  if (name == "avx512") {
+    isa = st::cpu::CpuIsa::kAvx512;
+  } else if (name == "avx2") {
+    isa = st::cpu::CpuIsa::kAvx2;
+  } else {
+    TORCH_CHECK(name == "base", "unknown instruction set ", name, " (avx512, avx2 or base)");
+  }
+  TORCH_CHECK(st::cpu::set_cpu_isa(isa), "this CPU does not support ", name);
+  return cpu_isa();
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -524,8 +660,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("march_rays", &march_rays);
   m.def("composite_forward", &composite_forward);
   m.def("composite_backward", &composite_backward);
+  m.def("packing_ok", &packing_ok);
   m.def("morton3_encode", &morton3_encode);
   m.def("morton3_decode", &morton3_decode);
   m.def("pack_bitfield", &pack_bitfield);
   m.def("unpack_bitfield", &unpack_bitfield);
+  m.def("cpu_isa", &cpu_isa);
+  m.def("set_cpu_isa", &set_cpu_isa);
 }

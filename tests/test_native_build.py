@@ -34,7 +34,7 @@ def _run_all(cmds: list[list[str]]) -> None:
 def test_sources_are_found():
     assert SOURCES is not None and (SOURCES / "bindings.cpp").is_file()
     assert sorted(p.name for p in (SOURCES / "cpu").glob("*.cpp")) == [
-        "composite_cpu.cpp", "density_cpu.cpp", "grid_cpu.cpp", "raymarch_cpu.cpp"]
+        "composite_cpu.cpp", "density_cpu.cpp", "grid_cpu.cpp", "plane_cpu.cpp", "raymarch_cpu.cpp"]
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")

@@ -1,4 +1,5 @@
-// OpenMP loops of the grid encoding (math: include/synctalk/grid.h).
+// OpenMP loops of the 3-D grid encoding (math: include/synctalk/grid.h); 2-D grids
+// (planes, the tri-plane) are in plane_cpu.cpp.
 //
 // Forward and table gradient run level by level over all points, so one level's
 // block of the table stays in cache while every point reads or updates it; the input
@@ -101,24 +102,17 @@ void backward_x_impl(const GridLevels& g, const PlaneAxes& a, int64_t n, const s
   }
 }
 
-// Calls IMPL<D, FT, ...>(args) with D in {2, 3} and FT the compile-time feature count
-// (0 = runtime) for the given dim / n_features.
+// Calls IMPL<3, FT, ...>(args) with FT the compile-time feature count (0 = runtime);
+// 2-D grids go through plane_cpu.cpp (plane_encode_*), so only dim 3 is built here.
 #define ST_GRID_DISPATCH(IMPL, dim, n_features, ...)                 \
   do {                                                               \
     const int f_ = (n_features);                                     \
-    if ((dim) == 2) {                                                \
-      if (f_ == 1) IMPL<2, 1>(__VA_ARGS__);                          \
-      else if (f_ == 2) IMPL<2, 2>(__VA_ARGS__);                     \
-      else if (f_ == 4) IMPL<2, 4>(__VA_ARGS__);                     \
-      else if (f_ == 8) IMPL<2, 8>(__VA_ARGS__);                     \
-      else IMPL<2, 0>(__VA_ARGS__);                                  \
-    } else {                                                         \
-      if (f_ == 1) IMPL<3, 1>(__VA_ARGS__);                          \
-      else if (f_ == 2) IMPL<3, 2>(__VA_ARGS__);                     \
-      else if (f_ == 4) IMPL<3, 4>(__VA_ARGS__);                     \
-      else if (f_ == 8) IMPL<3, 8>(__VA_ARGS__);                     \
-      else IMPL<3, 0>(__VA_ARGS__);                                  \
-    }                                                                \
+    (void)(dim);                                                     \
+    if (f_ == 1) IMPL<3, 1>(__VA_ARGS__);                            \
+    else if (f_ == 2) IMPL<3, 2>(__VA_ARGS__);                       \
+    else if (f_ == 4) IMPL<3, 4>(__VA_ARGS__);                       \
+    else if (f_ == 8) IMPL<3, 8>(__VA_ARGS__);                       \
+    else IMPL<3, 0>(__VA_ARGS__);                                    \
   } while (0)
 
 }  // namespace

@@ -23,13 +23,14 @@ __global__ void backward_kernel(const CompositeDims dm, const int64_t* __restric
                                 const CompositeInputs<scalar_t> in,
                                 const scalar_t* __restrict__ weights,
                                 const scalar_t* __restrict__ trans,
+                                const scalar_t* __restrict__ expneg,
                                 const scalar_t* __restrict__ opacity,
                                 const CompositeGrads<scalar_t> g,
                                 const CompositeInputGrads<scalar_t> grad) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= dm.n_rays) return;
-  composite_ray_backward<scalar_t>(dm, r, offsets[r], counts[r], in, weights, trans, opacity, g,
-                                   grad);
+  composite_ray_backward<0, -1, scalar_t>(dm, r, offsets[r], counts[r], in, weights, trans, expneg,
+                                   opacity, g, grad);
 }
 
 }  // namespace
@@ -46,11 +47,11 @@ void composite_forward(const CompositeDims& dm, const int64_t* offsets, const in
 template <typename scalar_t>
 void composite_backward(const CompositeDims& dm, const int64_t* offsets, const int64_t* counts,
                         const CompositeInputs<scalar_t>& in, const scalar_t* weights,
-                        const scalar_t* trans, const scalar_t* opacity,
+                        const scalar_t* trans, const scalar_t* expneg, const scalar_t* opacity,
                         const CompositeGrads<scalar_t>& g,
                         const CompositeInputGrads<scalar_t>& grad) {
   backward_kernel<scalar_t><<<blocks_for(dm.n_rays), kThreads, 0, current_stream()>>>(
-      dm, offsets, counts, in, weights, trans, opacity, g, grad);
+      dm, offsets, counts, in, weights, trans, expneg, opacity, g, grad);
   check_launch("composite_backward");
 }
 
@@ -59,7 +60,7 @@ void composite_backward(const CompositeDims& dm, const int64_t* offsets, const i
                                      const CompositeInputs<S>&, const CompositeOutputs<S>&); \
   template void composite_backward<S>(const CompositeDims&, const int64_t*, const int64_t*, \
                                       const CompositeInputs<S>&, const S*, const S*,        \
-                                      const S*, const CompositeGrads<S>&,                   \
+                                      const S*, const S*, const CompositeGrads<S>&,         \
                                       const CompositeInputGrads<S>&);
 INSTANTIATE(float)
 INSTANTIATE(double)

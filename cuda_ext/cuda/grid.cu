@@ -6,6 +6,7 @@ namespace synctalk {
 namespace cuda {
 namespace {
 
+// The 3-D grid (2-D grids go through the plane_* kernels below).
 // One thread per (plane, level, point); consecutive threads take consecutive points
 // of one level, so they read the same block of the table.
 template <int D, typename scalar_t, typename table_t>
@@ -79,6 +80,101 @@ int64_t level_threads(const GridLevels& g, const PlaneAxes& a, int64_t n) {
   return static_cast<int64_t>(a.n_planes) * g.n_levels * n;
 }
 
+// ---- 2-D grids (one plane or the tri-plane): the plane_* math of grid.h.
+
+struct AtomicAccumulate {
+  template <typename T>
+  __device__ static void add(T* p, T v) {
+    atomicAdd(p, v);
+  }
+};
+
+// The cell of point i on plane p at level l.
+template <typename scalar_t>
+struct PlaneCellOf {
+  PlaneRows rows;
+  scalar_t fu, fv;
+};
+template <typename scalar_t>
+__device__ PlaneCellOf<scalar_t> plane_cell_of(const Level& lv, const PlaneAxes& a, int p,
+                                               const scalar_t* x_row) {
+  const AxisCell<scalar_t> u = axis_cell(clamp_unit(x_row[a.axes[p][0]]), lv.res);
+  const AxisCell<scalar_t> v = axis_cell(clamp_unit(x_row[a.axes[p][1]]), lv.res);
+  return {plane_rows(lv, u.i0, v.i0), u.frac, v.frac};
+}
+
+// One thread per (plane, level, point), consecutive threads on consecutive points.
+template <typename scalar_t, typename table_t>
+__global__ void plane_forward_kernel(const GridLevels g, const PlaneAxes a, int64_t n,
+                                     const scalar_t* __restrict__ x,
+                                     const table_t* __restrict__ table,
+                                     scalar_t* __restrict__ out) {
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t i = tid % n;
+  const int64_t pl = tid / n;
+  if (pl >= static_cast<int64_t>(a.n_planes) * g.n_levels) return;
+  const int p = static_cast<int>(pl / g.n_levels), l = static_cast<int>(pl % g.n_levels);
+  const int F = g.n_features;
+  const Level lv = level_of(g, l);
+  const PlaneCellOf<scalar_t> c = plane_cell_of(lv, a, p, x + i * a.in_dim);
+  const table_t* t = table + (static_cast<int64_t>(p) * g.n_rows + lv.offset) * F;
+  plane_forward<0>(F, t + static_cast<int64_t>(c.rows.r0) * F,
+                   t + static_cast<int64_t>(c.rows.r1) * F, t + static_cast<int64_t>(c.rows.r2) * F,
+                   t + static_cast<int64_t>(c.rows.r3) * F, c.fu, c.fv,
+                   out + i * (static_cast<int64_t>(a.n_planes) * g.n_levels * F) + pl * F);
+}
+
+template <typename scalar_t>
+__global__ void plane_backward_table_kernel(const GridLevels g, const PlaneAxes a, int64_t n,
+                                            const scalar_t* __restrict__ x,
+                                            const scalar_t* __restrict__ grad_out,
+                                            scalar_t* __restrict__ grad_table) {
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t i = tid % n;
+  const int64_t pl = tid / n;
+  if (pl >= static_cast<int64_t>(a.n_planes) * g.n_levels) return;
+  const int p = static_cast<int>(pl / g.n_levels), l = static_cast<int>(pl % g.n_levels);
+  const int F = g.n_features;
+  const Level lv = level_of(g, l);
+  const PlaneCellOf<scalar_t> c = plane_cell_of(lv, a, p, x + i * a.in_dim);
+  scalar_t* gt = grad_table + (static_cast<int64_t>(p) * g.n_rows + lv.offset) * F;
+  plane_backward<0, AtomicAccumulate>(
+      F, gt + static_cast<int64_t>(c.rows.r0) * F, gt + static_cast<int64_t>(c.rows.r1) * F,
+      gt + static_cast<int64_t>(c.rows.r2) * F, gt + static_cast<int64_t>(c.rows.r3) * F, c.fu,
+      c.fv, grad_out + i * (static_cast<int64_t>(a.n_planes) * g.n_levels * F) + pl * F);
+}
+
+// One thread per point: every plane and level, so grad_x needs no atomics.
+template <typename scalar_t, typename table_t>
+__global__ void plane_backward_x_kernel(const GridLevels g, const PlaneAxes a, int64_t n,
+                                        const scalar_t* __restrict__ x,
+                                        const table_t* __restrict__ table,
+                                        const scalar_t* __restrict__ grad_out,
+                                        scalar_t* __restrict__ grad_x) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int L = g.n_levels, F = g.n_features;
+  const int64_t out_stride = static_cast<int64_t>(a.n_planes) * L * F;
+  for (int p = 0; p < a.n_planes; ++p) {
+    scalar_t du = scalar_t(0), dv = scalar_t(0);
+    const table_t* plane_table = table + static_cast<int64_t>(p) * g.n_rows * F;
+    for (int l = 0; l < L; ++l) {
+      const Level lv = level_of(g, l);
+      const PlaneCellOf<scalar_t> c = plane_cell_of(lv, a, p, x + i * a.in_dim);
+      const table_t* t = plane_table + lv.offset * F;
+      plane_grad_uv<0>(F, t + static_cast<int64_t>(c.rows.r0) * F,
+                       t + static_cast<int64_t>(c.rows.r1) * F,
+                       t + static_cast<int64_t>(c.rows.r2) * F,
+                       t + static_cast<int64_t>(c.rows.r3) * F, c.fu, c.fv,
+                       static_cast<scalar_t>(lv.res),
+                       grad_out + i * out_stride + (static_cast<int64_t>(p) * L + l) * F, &du, &dv);
+    }
+    const int64_t cu = i * a.in_dim + a.axes[p][0], cv = i * a.in_dim + a.axes[p][1];
+    if (clamp_passes_grad(x[cu])) grad_x[cu] += du;
+    if (clamp_passes_grad(x[cv])) grad_x[cv] += dv;
+  }
+}
+
 }  // namespace
 
 template <typename scalar_t, typename table_t>
@@ -124,7 +220,45 @@ void grid_encode_backward_x(const GridLevels& g, const PlaneAxes& a, int dim, in
   check_launch("grid_encode_backward_x");
 }
 
+template <typename scalar_t, typename table_t>
+void plane_encode_forward(const GridLevels& g, const PlaneAxes& a, int64_t n, const scalar_t* x,
+                          const table_t* table, scalar_t* out) {
+  if (n <= 0) return;
+  plane_forward_kernel<scalar_t, table_t>
+      <<<blocks_for(level_threads(g, a, n)), kThreads, 0, current_stream()>>>(g, a, n, x, table,
+                                                                              out);
+  check_launch("plane_encode_forward");
+}
+
+template <typename scalar_t, typename table_t>
+void plane_encode_backward(const GridLevels& g, const PlaneAxes& a, int64_t n, const scalar_t* x,
+                           const table_t* table, const scalar_t* grad_out, scalar_t* grad_table,
+                           scalar_t* grad_x) {
+  if (n <= 0) return;
+  if (grad_table != nullptr) {
+    const size_t bytes = sizeof(scalar_t) * static_cast<size_t>(a.n_planes) * g.n_rows * g.n_features;
+    const cudaError_t err = cudaMemsetAsync(grad_table, 0, bytes, current_stream());
+    if (err != cudaSuccess) {
+      throw std::runtime_error(std::string("plane_encode_backward: cudaMemsetAsync failed: ") +
+                               cudaGetErrorString(err));
+    }
+    plane_backward_table_kernel<scalar_t>
+        <<<blocks_for(level_threads(g, a, n)), kThreads, 0, current_stream()>>>(g, a, n, x, grad_out,
+                                                                                grad_table);
+    check_launch("plane_encode_backward (table)");
+  }
+  if (grad_x != nullptr) {
+    plane_backward_x_kernel<scalar_t, table_t>
+        <<<blocks_for(n), kThreads, 0, current_stream()>>>(g, a, n, x, table, grad_out, grad_x);
+    check_launch("plane_encode_backward (x)");
+  }
+}
+
 #define INSTANTIATE(S, T)                                                                  \
+  template void plane_encode_forward<S, T>(const GridLevels&, const PlaneAxes&, int64_t,   \
+                                           const S*, const T*, S*);                        \
+  template void plane_encode_backward<S, T>(const GridLevels&, const PlaneAxes&, int64_t,  \
+                                            const S*, const T*, const S*, S*, S*);         \
   template void grid_encode_forward<S, T>(const GridLevels&, const PlaneAxes&, int,        \
                                           int64_t, const S*, const T*, S*);                \
   template void grid_encode_backward_x<S, T>(const GridLevels&, const PlaneAxes&, int,     \

@@ -17,8 +17,10 @@ Build:
   where ``<tag>`` hashes the sources, the flags and the torch/Python versions; later
   processes load the cached library in about a second.
   It prints once, on stderr, what it builds and why.
-* **CPU always, CUDA when possible.** g++ ``-O3 -fopenmp``; the ``.cu`` files are added
-  only when torch is a CUDA build, a GPU is visible and nvcc is found (``CUDA_HOME``).
+* **CPU always, CUDA when possible.** g++ ``-O3 -fopenmp`` (portable: the vectorised
+  float32 loops exist in baseline / AVX2 / AVX-512 variants chosen at run time, see
+  ``cuda_ext/README.md``); the ``.cu`` files are added only when torch is a CUDA build, a
+  GPU is visible and nvcc is found (``CUDA_HOME``).
 * **Never fatal.** A failed build logs a warning once and the ops keep running on the
   torch reference (``backend="auto"``); ``backend="native"`` then raises
   :class:`~synctalk.errors.InputError` saying why. ``SYNCTALK_NATIVE=0`` disables the
@@ -47,6 +49,7 @@ import shutil
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -63,11 +66,15 @@ log = logging.getLogger(__name__)
 
 #: Version of the binding interface; part of the build tag so a changed Python side never
 #: loads an old library.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 #: C++ flags of the CPU build: no fused multiply-add contraction, so sample positions
-#: round exactly like the torch reference.
-CPU_CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")
+#: round exactly like the torch reference; no floating-point trap semantics (results are
+#: unchanged; it lets g++ vectorise loops with clamps, whose comparisons could trap).
+#: Portable on purpose (no -march): instruction sets beyond the baseline are used only
+#: through run-time dispatch (``cuda_ext/cpu/plane_cpu.cpp``), so one cached build
+#: serves every x86-64 CPU.
+CPU_CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math")
 CPU_LDFLAGS = ("-fopenmp",)
 CUDA_CFLAGS = ("-O3", "-std=c++17", "--expt-relaxed-constexpr")
 
@@ -323,7 +330,11 @@ def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
 
 
 def _prep(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if t is None else t.to(dtype).contiguous()
+    """``t`` in ``dtype``, contiguous (``t`` itself when it already is: the common case,
+    checked without a dispatcher call)."""
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
+    return t.to(dtype).contiguous()
 
 
 def _cuda_unsupported(device: torch.device) -> bool:
@@ -362,7 +373,7 @@ class _GridEncodeFn(torch.autograd.Function):
         x, tables = ctx.saved_tensors
         need_x, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_table, grad_x = load().grid_encode_backward(
-            x, tables, grad_out.to(x.dtype).contiguous(), *ctx.levels, ctx.axes, need_table, need_x)
+            x, tables, _prep(grad_out, x.dtype), *ctx.levels, ctx.axes, need_table, need_x)
         if grad_table is not None and grad_table.dtype != tables.dtype:
             grad_table = grad_table.to(tables.dtype)
         return grad_x, grad_table, None, None
@@ -428,6 +439,24 @@ def ray_aabb(rays_o: Tensor, rays_d: Tensor, aabb: Tensor, near: float) -> tuple
     return t_near, t_far
 
 
+_OCCUPANCY_CACHE: tuple | None = None  # (weakref to the grid, its version, its bitfield)
+
+
+def _occupancy_bits(occupied: Tensor) -> Tensor:
+    """The CPU occupancy grid as a bitfield (``pack_bitfield``, 1 bit per cell: 8× less
+    memory for the marching kernel to miss in), cached for the last grid seen — a grid
+    typically serves many batches between updates. The cache holds only while it is the
+    same tensor object with the same version counter (every in-place torch op on it or
+    on a view of it bumps the counter), so updated or new grids are packed again."""
+    global _OCCUPANCY_CACHE
+    cached = _OCCUPANCY_CACHE
+    if cached is not None and cached[0]() is occupied and cached[1] == occupied._version:
+        return cached[2]
+    bits = load().pack_bitfield(_prep(occupied, torch.bool).reshape(-1))
+    _OCCUPANCY_CACHE = (weakref.ref(occupied), occupied._version, bits)
+    return bits
+
+
 def march_rays(rays_o: Tensor, rays_d: Tensor, t_near: Tensor, t_far: Tensor, occupied: Tensor | None,
                aabb: Tensor, n_samples: int, perturb: bool, generator: torch.Generator | None) -> PackedSamples:
     """Native :func:`synctalk.ops.march_rays`: identical samples to the torch reference,
@@ -444,11 +473,16 @@ def march_rays(rays_o: Tensor, rays_d: Tensor, t_near: Tensor, t_far: Tensor, oc
     noise = None
     if perturb:
         noise = torch.rand((N, n_samples), generator=generator, device=device, dtype=dtype)
-    occ = None if occupied is None else occupied.to(torch.bool).contiguous()
+    occ, bits, bits_res = None, None, 0
+    if occupied is not None:
+        if device.type == "cpu":
+            bits, bits_res = _occupancy_bits(occupied), occupied.shape[0]
+        else:
+            occ = _prep(occupied, torch.bool)
     box = aabb.to(device=device, dtype=dtype).contiguous()
     ray_indices, t_starts, t_ends, t_pos, offsets, counts = load().march_rays(
-        rays_o.contiguous(), rays_d.contiguous(), t_near.contiguous(), t_far.contiguous(), occ, box,
-        int(n_samples), noise)
+        _prep(rays_o, dtype), _prep(rays_d, dtype), _prep(t_near, dtype), _prep(t_far, dtype), occ, box,
+        int(n_samples), noise, bits, bits_res)
     return PackedSamples(ray_indices=ray_indices, t_starts=t_starts, t_ends=t_ends, offsets=offsets,
                          counts=counts, n_rays=N, t_pos=t_pos if perturb else None)
 
@@ -462,38 +496,41 @@ class _CompositeFn(torch.autograd.Function):
 
     ``(sigmas [S], rgbs [S,C], t_starts [S], t_ends [S], offsets [N], counts [N],
     extras [S,K] | None, bg [N,C] | None) -> (weights, transmittance, alphas [S],
-    opacity, depth [N], color [N,C], extras [N,K])``.
+    opacity, depth [N], color [N,C], extras [N,K])``. The forward also keeps
+    ``exp(-sigma·delta) [S]`` for the backward (which then evaluates no exponential).
     """
 
     @staticmethod
     def forward(ctx, sigmas, rgbs, t_starts, t_ends, offsets, counts, extras, bg):
         outs = load().composite_forward(sigmas, rgbs, t_starts, t_ends, offsets, counts, extras, bg)
         weights, trans, _alphas, opacity = outs[:4]
-        ctx.has_extras, ctx.has_bg = extras is not None, bg is not None
-        ctx.save_for_backward(sigmas, rgbs, t_starts, t_ends, offsets, counts, extras, bg, weights, trans, opacity)
+        # Differentiable inputs and outputs through save_for_backward (version checks, no
+        # reference cycles); the non-differentiable packing and exp(-s) (not an output)
+        # directly on ctx, which is cheaper to unpack.
+        ctx.save_for_backward(sigmas, rgbs, extras, bg, weights, trans, opacity)
+        ctx.packing = (t_starts, t_ends, offsets, counts)
+        ctx.expneg = outs[7]
         ctx.set_materialize_grads(False)
-        return tuple(outs)
+        return tuple(outs[:7])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_weights, g_trans, g_alphas, g_opacity, g_depth, g_color, g_extras):
-        sigmas, rgbs, t_starts, t_ends, offsets, counts, extras, bg, weights, trans, opacity = ctx.saved_tensors
+        sigmas, rgbs, extras, bg, weights, trans, opacity = ctx.saved_tensors
+        t_starts, t_ends, offsets, counts = ctx.packing
+        dtype = sigmas.dtype
         N, C = offsets.shape[0], rgbs.shape[1]
         K = extras.shape[1] if extras is not None else 0
-
-        def ray_grad(g: Tensor | None, shape: tuple[int, ...]) -> Tensor:
-            return sigmas.new_zeros(shape) if g is None else g.to(sigmas.dtype).contiguous()
-
-        def sample_grad(g: Tensor | None) -> Tensor | None:
-            return None if g is None else g.to(sigmas.dtype).contiguous()
-
+        g_opacity = sigmas.new_zeros(N) if g_opacity is None else _prep(g_opacity, dtype)
+        g_depth = sigmas.new_zeros(N) if g_depth is None else _prep(g_depth, dtype)
+        g_color = sigmas.new_zeros((N, C)) if g_color is None else _prep(g_color, dtype)
+        g_extras = sigmas.new_zeros((N, K)) if g_extras is None else _prep(g_extras, dtype)
         grad_sigmas, grad_rgbs, grad_extras, grad_bg = load().composite_backward(
-            sigmas, rgbs, t_starts, t_ends, offsets, counts, extras, bg, weights, trans, opacity,
-            sample_grad(g_weights), sample_grad(g_trans), sample_grad(g_alphas),
-            ray_grad(g_opacity, (N,)), ray_grad(g_depth, (N,)), ray_grad(g_color, (N, C)),
-            ray_grad(g_extras, (N, K)))
+            sigmas, rgbs, t_starts, t_ends, offsets, counts, extras, bg, weights, trans, ctx.expneg, opacity,
+            _prep(g_weights, dtype), _prep(g_trans, dtype), _prep(g_alphas, dtype), g_opacity, g_depth, g_color,
+            g_extras)
         return (grad_sigmas, grad_rgbs, None, None, None, None,
-                grad_extras if ctx.has_extras else None, grad_bg if ctx.has_bg else None)
+                grad_extras if extras is not None else None, grad_bg if bg is not None else None)
 
 
 def _check_packing(samples: PackedSamples, device: torch.device) -> None:
@@ -503,9 +540,9 @@ def _check_packing(samples: PackedSamples, device: torch.device) -> None:
         raise InputError(f"composite: samples.offsets/counts must have shape [{samples.n_rays}], got "
                          f"{list(samples.offsets.shape)} and {list(samples.counts.shape)}")
     if device.type == "cpu" and samples.n_rays:
-        ends = samples.offsets + samples.counts
-        if bool((samples.offsets < 0).any()) or bool((samples.counts < 0).any()) or \
-                int(ends.max()) > samples.n_samples:
+        offsets = _prep(samples.offsets, torch.int64)
+        counts = _prep(samples.counts, torch.int64)
+        if not load().packing_ok(offsets, counts, samples.n_samples):
             raise InputError("composite: samples.offsets/counts point outside the packed samples")
 
 
@@ -530,8 +567,8 @@ def composite(sigmas: Tensor, rgbs: Tensor, samples: PackedSamples, extras: Tens
         bg = bg.expand(N, C)
     outs = _CompositeFn.apply(
         _prep(sigmas, dtype), _prep(rgbs, dtype), _prep(samples.t_starts, dtype), _prep(samples.t_ends, dtype),
-        samples.offsets.to(torch.int64).contiguous(), samples.counts.to(torch.int64).contiguous(),
-        _prep(extras, dtype), _prep(bg, dtype))
+        _prep(samples.offsets, torch.int64), _prep(samples.counts, torch.int64), _prep(extras, dtype),
+        _prep(bg, dtype))
     weights, trans, alphas, opacity, depth, color, extras_out = outs
     result = {"weights": weights, "transmittance": trans, "alphas": alphas, "opacity": opacity,
               "depth": depth, "color": color}

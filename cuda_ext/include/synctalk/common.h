@@ -5,6 +5,7 @@
 // host and device code; under nvcc it expands to `__host__ __device__`.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -24,6 +25,17 @@
 #define ST_UNROLL
 #else
 #define ST_UNROLL _Pragma("GCC unroll 8")
+#endif
+
+// A short loop over the features of one table row: a SIMD loop on the CPU (the
+// iterations are independent; g++ with -fopenmp turns F = 2 / 4 / 8 features into
+// 64/128/256-bit vector operations), an unrolled loop in device code.
+#if defined(__CUDA_ARCH__)
+#define ST_SIMD _Pragma("unroll")
+#elif defined(__CUDACC__)
+#define ST_SIMD
+#else
+#define ST_SIMD _Pragma("omp simd")
 #endif
 
 namespace synctalk {
@@ -88,6 +100,55 @@ ST_HD double div_rn(double a, double b) {
   return a / b;
 #endif
 }
+
+// float <-> its bits.
+ST_HD float float_from_bits(uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(bits);
+#else
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+#endif
+}
+
+// exp(-x). float: Cody-Waite reduction to r in [-ln2/2, ln2/2] and a degree-7 Taylor
+// polynomial (within 2 ulp of expf), written without branches or tables so that CPU
+// loops over samples vectorise. Results below FLT_MIN (x > 87.33) are 0, x < -88.37 gives
+// inf (the compositing ops only use x >= 0), NaN stays NaN. double: the library exp.
+ST_HD float exp_neg(float x) {
+  const float y = -x;
+  float yc = y < -87.33f ? -87.33f : y;
+  yc = yc > 88.37f ? 88.37f : yc;
+  const float n = (yc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(y / ln 2)
+  const float r = (yc - n * 0.693359375f) - n * -2.12194440e-4f;           // y - n ln 2
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const uint32_t scale = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  float out = p * float_from_bits(scale);
+  out = y < -87.33f ? 0.0f : out;
+  out = y > 88.37f ? float_from_bits(0x7F800000u) : out;
+  return out;
+}
+ST_HD double exp_neg(double x) { return std::exp(-x); }
+
+// 1 - exp(-s) given e = exp_neg(s). float: the Taylor series where |s| < 1/4 (there
+// 1 - e would cancel digits), 1 - e elsewhere; within a few ulp of -expm1f(-s).
+// double: -expm1(-s).
+ST_HD float one_minus_exp_neg(float s, float e) {
+  const float series =
+      s * (1.0f - s * (0.5f - s * (1.0f / 6.0f - s * (1.0f / 24.0f - s * (1.0f / 120.0f -
+                                                  s * (1.0f / 720.0f - s * (1.0f / 5040.0f)))))));
+  const float abs_s = s < 0.0f ? -s : s;
+  return abs_s < 0.25f ? series : 1.0f - e;
+}
+ST_HD double one_minus_exp_neg(double s, double) { return -std::expm1(-s); }
 
 // IEEE 754 binary16 bits -> float, exact for every input (normals, subnormals,
 // zeros, infinities, NaN). Host-side loader for fp16 embedding tables, which the

@@ -46,42 +46,61 @@ struct MarchParams {
   int n_steps;   // K candidate intervals per hitting ray
   bool perturb;  // jitter positions with the uniform noise u[N, K]
   int grid_res;  // R; 0 = no occupancy grid (keep every candidate)
+  bool occupancy_bits;  // the grid is a bitfield (cell c in bit c % 8 of byte c / 8; CPU)
 };
 
-// Candidate k of a ray with [t_near, t_far]: its interval [t0, t1] and the position
+// Fraction k / K of a ray's [t_near, t_far] where candidate interval k starts
+// (steps = arange(K+1) / K of the reference); loops may compute these once per call.
+template <typename scalar_t>
+ST_HD scalar_t march_step(int k, int n_steps) {
+  return div_rn(static_cast<scalar_t>(k), static_cast<scalar_t>(n_steps));
+}
+
+// A candidate from its step fractions s0 = march_step(k), s1 = march_step(k + 1):
+// interval [t0, t1] = t_near + span * [s0, s1] (span = t_far - t_near) and the position
 // where the field is evaluated (midpoint, or t0 + (t1 - t0) * u when jittered).
-// Matches: steps = arange(K+1)/K; edges = t_near + (t_far - t_near) * steps.
+// Matches: edges = t_near + (t_far - t_near) * steps.
+template <typename scalar_t>
+ST_HD void candidate_from_steps(bool perturb, scalar_t t_near, scalar_t span, scalar_t s0,
+                                scalar_t s1, scalar_t u, scalar_t* t0, scalar_t* t1,
+                                scalar_t* t_pos) {
+  *t0 = add_rn(t_near, mul_rn(span, s0));
+  *t1 = add_rn(t_near, mul_rn(span, s1));
+  *t_pos = perturb ? add_rn(*t0, mul_rn(sub_rn(*t1, *t0), u))
+                   : mul_rn(add_rn(*t0, *t1), scalar_t(0.5));
+}
+
+// Candidate k of a ray with [t_near, t_far] (see candidate_from_steps).
 template <typename scalar_t>
 ST_HD void candidate_interval(const MarchParams& mp, scalar_t t_near, scalar_t t_far,
                               int k, scalar_t u, scalar_t* t0, scalar_t* t1, scalar_t* t_pos) {
-  const scalar_t K = static_cast<scalar_t>(mp.n_steps);
-  const scalar_t span = sub_rn(t_far, t_near);
-  *t0 = add_rn(t_near, mul_rn(span, div_rn(static_cast<scalar_t>(k), K)));
-  *t1 = add_rn(t_near, mul_rn(span, div_rn(static_cast<scalar_t>(k + 1), K)));
-  *t_pos = mp.perturb ? add_rn(*t0, mul_rn(sub_rn(*t1, *t0), u))
-                      : mul_rn(add_rn(*t0, *t1), scalar_t(0.5));
+  candidate_from_steps(mp.perturb, t_near, sub_rn(t_far, t_near),
+                       march_step<scalar_t>(k, mp.n_steps), march_step<scalar_t>(k + 1, mp.n_steps),
+                       u, t0, t1, t_pos);
 }
 
 // Cell of coordinate v (in cells) along one axis: clamp(floor(v), 0, R-1); NaN -> 0.
-// Truncation is floor for v >= 0 and, unlike std::floor without SSE4.1, one
-// instruction.
-template <typename scalar_t>
-ST_HD int64_t cell_of(scalar_t v, int R) {
-  if (!(v >= scalar_t(0))) return 0;
-  if (v >= static_cast<scalar_t>(R - 1)) return R - 1;
-  return static_cast<int64_t>(v);
+// Truncation is floor for v >= 0; two selects (no branches), so loops over candidates
+// vectorise. R < 2^24 (the cell count fits a float exactly).
+template <typename index_t, typename scalar_t>
+ST_HD index_t cell_of(scalar_t v, int R) {
+  scalar_t q = v >= scalar_t(0) ? v : scalar_t(0);  // NaN -> 0
+  const scalar_t hi = static_cast<scalar_t>(R - 1);
+  q = q < hi ? q : hi;
+  return static_cast<index_t>(static_cast<int32_t>(q));
 }
 
 // C-order index ix*R^2 + iy*R + iz of the cell holding o + t*d, clamped into the
-// grid (candidates lie in the box up to rounding).
-template <typename scalar_t>
-ST_HD int64_t cell_index(int R, const scalar_t* lo, const scalar_t* hi, const scalar_t* o,
+// grid (candidates lie in the box up to rounding). index_t: int32_t when R^3 < 2^31.
+template <typename scalar_t, typename index_t = int64_t>
+ST_HD index_t cell_index(int R, const scalar_t* lo, const scalar_t* hi, const scalar_t* o,
                          const scalar_t* d, scalar_t t) {
-  int64_t index = 0;
+  index_t index = 0;
   for (int a = 0; a < 3; ++a) {
     const scalar_t p = add_rn(o[a], mul_rn(t, d[a]));
     const scalar_t unit = div_rn(sub_rn(p, lo[a]), sub_rn(hi[a], lo[a]));
-    index = index * R + cell_of(mul_rn(unit, static_cast<scalar_t>(R)), R);
+    index = index * static_cast<index_t>(R) +
+            cell_of<index_t>(mul_rn(unit, static_cast<scalar_t>(R)), R);
   }
   return index;
 }
