@@ -20,7 +20,8 @@ from synctalk.audio.dataset import (FACE_OVAL, ClipPortion, InputSpec, MouthClip
                                     mel_inputs, split_clip)
 from synctalk.audio.sampling import MIN_SHIFT, SyncSampler, translate
 from synctalk.audio.score import shift_similarities, sync_score
-from synctalk.audio.train import TrainConfig, WeightEMA, evaluate, sync_loss, train
+from synctalk.audio.train import (TrainConfig, WeightEMA, carve_selection, evaluate,
+                                  selection_score, sync_loss, train)
 from synctalk.errors import InputError, MediaError, ModelFileError
 
 TINY = dict(width=0.125, batch_size=8, lr=1e-3, val_fraction=0.25, augment=True)
@@ -343,6 +344,26 @@ def test_keep_last_saves_the_final_model_and_evals_are_returned(clip, tmp_path):
         train([clip], tmp_path / "c.pt", TrainConfig(max_steps=1, keep="first", **TINY))
 
 
+def test_selection_slice_is_carved_from_training_and_chooses_the_kept_model(clip, tmp_path):
+    train_p, held = split_clip(clip, 0.25)
+    fit, sel = carve_selection(train_p, 0.25)
+    assert (fit.lo, fit.hi, sel.lo, sel.hi) == (0, 112, 112, 150) and held.lo == 150
+    assert not np.array_equal(fit.mel_mean, train_p.mel_mean)  # own normalisation statistics
+    assert carve_selection(train_p, 0.001)[1] is None
+    cfg = TrainConfig(max_steps=6, eval_every=2, select_fraction=0.25, **TINY)
+    summary = train([clip], tmp_path / "a.pt", cfg, progress=False)
+    evals = summary["evals"]
+    assert all("select_sync_acc" in e and "sync_acc" in e for e in evals)
+    scores = [selection_score({k[7:]: v for k, v in e.items() if k.startswith("select_")})
+              for e in evals]
+    assert summary["best"]["step"] == evals[int(np.argmax(scores))]["step"]
+    assert summary["best"]["selection"]["sync_acc"] == evals[int(np.argmax(scores))]["select_sync_acc"]
+    meta = load_ave(tmp_path / "a.pt")[1]
+    assert meta["step"] == summary["best"]["step"] and "select_offset_acc_1s" in meta["metrics"]
+    with pytest.raises(InputError, match="--select-fraction"):
+        train([clip], tmp_path / "b.pt", TrainConfig(max_steps=1, select_fraction=1.0, **TINY))
+
+
 def test_cpu_clock_limits_training_by_cpu_time(clip, tmp_path):
     cpu = time.process_time()
     summary = train([clip], tmp_path / "a.pt", TrainConfig(minutes=0.02, clock="cpu", **TINY),
@@ -503,3 +524,13 @@ def test_video_without_a_face_is_refused(tmp_path, face_landmarker_path):
     with pytest.raises(MediaError, match="no audio"):
         load_clip(tmp_path / "silent.mp4", cache_dir=tmp_path / "cache",
                   face_landmarker=face_landmarker_path)
+
+
+def test_pretrain_config_parses_into_train_options():
+    """configs/ave_pretrain.yaml (the documented GPU recipe) holds only known options."""
+    from synctalk.cli import build_parser
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "ave_pretrain.yaml"
+    args = build_parser().parse_args(["ave", "train", "data", "-c", str(config), "--out", "x.pt"])
+    assert (args.device, args.width, args.batch_size, args.val_split) == ("cuda", 1.0, 256, "clips")
+    assert args.ema == 0.999 and args.epochs == 40 and args.prep_workers == 8

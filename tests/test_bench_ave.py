@@ -50,13 +50,14 @@ def test_bench_ave_json(fake_clips, capsys, tmp_path):
     out = tmp_path / "ave.pt"
     rc = main(["bench", "ave", "--json", "--clips", *map(str, paths), "--minutes", "0.03",
                "--width", "0.125", "--batch-size", "8", "--eval-every", "3", "--last-k", "2",
-               "--ema", "0.9", "--out", str(out)])
+               "--ema", "0.9", "--select-fraction", "0.1", "--out", str(out)])
     assert rc == 0 and seen["inputs"] == [str(p) for p in paths]
     r = json.loads(capsys.readouterr().out)
     assert [c["frames"] for c in r["clips"]] == [200, 240]
     assert [c["test_frames"] for c in r["clips"]] == [20, 24]
-    assert r["config"]["ema"] == 0.9 and r["config"]["keep"] == "last"
+    assert r["config"]["ema"] == 0.9 and r["config"]["keep"] == "best"
     assert r["config"]["clock"] == "cpu" and r["config"]["val_fraction"] == 0.1
+    assert r["config"]["select_fraction"] == 0.1 and r["config"]["epochs"] == 16.0
     assert r["steps"] >= 1 and r["train_cpu_s"] > 0 and r["train_wall_s"] > 0
     assert r["s_per_epoch_cpu"] == pytest.approx(r["train_cpu_s"] / r["epochs"], rel=0.05)
     evals = r["evals"]
@@ -71,11 +72,31 @@ def test_bench_ave_json(fake_clips, capsys, tmp_path):
     assert r["final_meets_targets"] == all(
         (r["final"][k] or 0) >= v for k, v in bench_ave.TARGETS.items())
     assert r["machine"]["torch_threads"] == 1 and len(r["machine"]["loadavg_start"]) == 3
-    # --out keeps the final (averaged) model
+    # selected: the evaluation with the best selection-slice score, its *test* figures
+    chosen = r["selected"]["step"]
+    row = next(e for e in evals if e["step"] == chosen)
+    assert r["selected"]["sync_acc"] == row["sync_acc"]
+    assert r["selected_on"]["sync_acc"] == row["select_sync_acc"]
+    assert all("select_offset_acc_1s" in e for e in evals)
+    # --out keeps the selected (averaged) model
     from synctalk.audio.ave import load_ave
 
     model, meta = load_ave(out)
-    assert meta["step"] == r["steps"] and model.width == 0.125
+    assert meta["step"] == chosen and model.width == 0.125
+
+
+def test_bench_ave_keeps_the_final_model_by_default(fake_clips, capsys, tmp_path):
+    paths, _ = fake_clips
+    out = tmp_path / "ave.pt"
+    assert main(["bench", "ave", "--json", "--clips", *map(str, paths), "--minutes", "0.02",
+                 "--width", "0.125", "--batch-size", "8", "--eval-every", "3",
+                 "--out", str(out)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["config"]["keep"] == "last" and r["selected"]["step"] == r["steps"]
+    assert r["selected"]["sync_acc"] == r["final"]["sync_acc"] and r["selected_on"] == {}
+    from synctalk.audio.ave import load_ave
+
+    assert load_ave(out)[1]["step"] == r["steps"]
 
 
 def test_bench_ave_human_readable_summary(fake_clips, capsys):
@@ -84,7 +105,8 @@ def test_bench_ave_human_readable_summary(fake_clips, capsys):
                  "--width", "0.125", "--batch-size", "8", "--eval-every", "2"]) == 0
     text = capsys.readouterr().out
     assert "AVE bench:" in text and "per epoch" in text
-    assert "final" in text and "last_k_mean" in text and "targets" in text
+    assert "selected" in text and "final" in text and "last_k_mean" in text
+    assert "targets" in text
 
 
 def test_bench_ave_missing_clip_is_a_clear_error(tmp_path, capsys):

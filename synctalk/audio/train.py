@@ -18,7 +18,10 @@ shares no frames and no audio with training windows (:func:`~synctalk.audio.data
   when it is within ±1 frame of 0.
 
 With ``ema`` set, an exponential moving average of the weights (:class:`WeightEMA`) is what
-gets evaluated and saved. ``clock`` says whether ``minutes`` is wall or CPU time.
+gets evaluated and saved. ``clock`` says whether ``minutes`` is wall or CPU time. With
+``select_fraction``, the end of every training portion becomes a selection slice, evaluated
+alongside the held-out part (``select_*`` entries): "best" is judged there, so the held-out
+figures of the kept model are not chosen on themselves.
 
 Files, for ``--out AVE.pt``: ``AVE.pt`` (with ``keep="best"``, the best model on the held-out
 metrics — the mean of the three accuracies — or the last one without a held-out part; with
@@ -63,7 +66,7 @@ LOG_EVERY = 20
 #: Learning rate at the end of a run, as a fraction of the peak.
 FINAL_LR_FRACTION = 0.05
 #: What checkpoints written before a setting existed were trained with.
-LEGACY_SETTINGS = {"ema": 0.0, "clock": "wall", "min_shift": 5}
+LEGACY_SETTINGS = {"ema": 0.0, "clock": "wall", "min_shift": 5, "select_fraction": 0.0}
 #: Clocks that ``TrainConfig.minutes`` can be measured with.
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -106,8 +109,12 @@ class TrainConfig:
             batch-norm statistics) that is evaluated and saved instead of the raw weights;
             0 = off. The decay of step ``k`` is ``min(ema, (1 + k) / (10 + k))``, so early
             averages are not dominated by the initial weights (see :class:`WeightEMA`).
-        keep: which model ``--out`` holds: ``"best"`` (the best evaluation on the held-out
-            part; the last one without a held-out part) or ``"last"`` (the final model).
+        keep: which model ``--out`` holds: ``"best"`` (the best evaluation — on the
+            selection slice when there is one, else on the held-out part; the last one
+            without either) or ``"last"`` (the final model).
+        select_fraction: share of the end of every *training* portion set aside as a
+            selection slice (:func:`carve_selection`): it is not trained on, "best" is judged
+            on it, and the held-out part stays an unbiased test of the kept model. 0 = none.
     """
 
     width: float = 0.25
@@ -130,10 +137,11 @@ class TrainConfig:
     ema: float = 0.998
     keep: str = "best"
     clock: str = "wall"
+    select_fraction: float = 0.0
 
     #: Settings a resumed run must share with the checkpoint.
     FIXED = ("width", "audio_layout", "batch_size", "val_fraction", "val_split", "max_shift",
-             "group_size", "seed", "augment", "ema", "clock", "min_shift")
+             "group_size", "seed", "augment", "ema", "clock", "min_shift", "select_fraction")
 
 
 def learning_rate(cfg: "TrainConfig", progress: float) -> float:
@@ -269,6 +277,18 @@ def split_clips(clips: list[MouthClip], val_fraction: float, val_split: str = "t
             for c, h in zip(clips, held)]
 
 
+def carve_selection(portion: ClipPortion, fraction: float
+                    ) -> tuple[ClipPortion, ClipPortion | None]:
+    """``(training, selection)``: ``portion`` without its last ``fraction``, and that part
+    (None when it would be empty). Each is normalised with its own statistics and, as in
+    :func:`~synctalk.audio.dataset.split_clip`, the two share no frames and no audio."""
+    lo, hi = portion.lo, portion.hi
+    v = lo + int(round((hi - lo) * (1.0 - fraction)))
+    if not lo < v < hi:
+        return portion, None
+    return ClipPortion.of(portion.clip, lo, v), ClipPortion.of(portion.clip, v, hi)
+
+
 def selection_score(metrics: dict[str, float]) -> float:
     """What "best" means: the mean of ``sync_acc``, ``offset_acc_1s`` and ``offset_acc_2s``
     (NaN entries left out; −inf when all are NaN)."""
@@ -353,8 +373,9 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
     Ctrl-C saves the checkpoint before stopping.
 
     Returns:
-        Summary: ``steps``, ``epochs``, ``train_s``, ``s_per_epoch``, ``best`` (step and
-        held-out metrics of the best evaluation), ``last`` (metrics at the final step),
+        Summary: ``steps``, ``epochs``, ``train_s``, ``s_per_epoch``, ``best`` (step,
+        held-out ``metrics`` and ``selection``-slice metrics of the best evaluation), ``last``
+        (held-out metrics at the final step),
         ``evals`` (``[{"step", **metrics}]`` of every evaluation, in order), ``out``.
 
     Raises:
@@ -380,9 +401,17 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: this torch has no CUDA device; use --device cpu.")
+    if not 0 <= cfg.select_fraction < 1:
+        raise InputError(f"--select-fraction must be in [0, 1), got {cfg.select_fraction}")
     spec = InputSpec()
     splits = split_clips(clips, cfg.val_fraction, cfg.val_split)
-    sampler = SyncSampler([tr for tr, _ in splits if tr is not None], spec,
+    training = [tr for tr, _ in splits if tr is not None]
+    select: list[ClipPortion] = []
+    if cfg.select_fraction:
+        carved = [carve_selection(tr, cfg.select_fraction) for tr in training]
+        training = [tr for tr, _ in carved]
+        select = [sel for _, sel in carved if sel is not None]
+    sampler = SyncSampler(training, spec,
                           max_shift=cfg.max_shift, group_size=cfg.group_size,
                           augment=cfg.augment, device=device, min_shift=cfg.min_shift)
     held_out = [va for _, va in splits if va is not None]
@@ -415,8 +444,9 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
         evals = list(state.get("evals", []))
         log.info("ave train: resumed at step %d (%.1f min trained)", step, elapsed / 60)
     logger = _Log(out)
-    log.info("ave train: %d clips, %d training anchors, %d held-out portions; %d steps per epoch",
-             len(clips), len(sampler), len(held_out), steps_per_epoch)
+    log.info("ave train: %d clips, %d training anchors, %d held-out portions, %d selection "
+             "slices; %d steps per epoch", len(clips), len(sampler), len(held_out), len(select),
+             steps_per_epoch)
 
     def checkpoint() -> None:
         _save_ckpt(ckpt_path, {"format": CKPT_FORMAT, "config": asdict(cfg), "clips": keys,
@@ -430,16 +460,18 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
         nonlocal best
         judged = ema.model if ema is not None else model
         metrics = evaluate(judged, held_out, spec, device=device) if held_out else {}
+        chosen_on = evaluate(judged, select, spec, device=device) if select else {}
         model.train()
-        score = selection_score(metrics)
+        score = selection_score(chosen_on if select else metrics)
+        record = {**metrics, **{f"select_{k}": v for k, v in chosen_on.items()}}
         logger.write({"kind": "eval", "step": step, "epoch": step / steps_per_epoch,
-                      "time": elapsed, **metrics, "score": score})
-        evals.append({"step": step, **metrics})
-        improved = best is None or not held_out or score > best["score"]
+                      "time": elapsed, **record, "score": score})
+        evals.append({"step": step, **record})
+        improved = best is None or not (held_out or select) or score > best["score"]
         if improved:
-            best = {"step": step, "score": score, "metrics": metrics}
+            best = {"step": step, "score": score, "metrics": metrics, "selection": chosen_on}
         if (cfg.keep == "best" and improved) or (cfg.keep == "last" and final):
-            save_ave(out, judged, _meta(cfg, spec, clips, step, metrics))
+            save_ave(out, judged, _meta(cfg, spec, clips, step, record))
         return metrics
 
     def fraction_done() -> float:

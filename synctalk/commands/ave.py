@@ -124,7 +124,11 @@ def _register_train(actions) -> None:
                         help="evaluate and save an exponential moving average of the weights "
                              "with this decay; 0 = the raw weights")
     parser.add_argument("--keep", choices=("best", "last"), default=d.keep,
-                        help="save the best model on the held-out part, or the final one")
+                        help="save the best model (on the selection slice if any, else on the "
+                             "held-out part), or the final one")
+    parser.add_argument("--select-fraction", type=float, default=d.select_fraction,
+                        help="end share of each training part set aside to choose the best "
+                             "model on, so the held-out figures stay unbiased (0: none)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default=d.clock,
                         help="what --minutes measures: elapsed time or this process's CPU time")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -150,7 +154,7 @@ def _train(args) -> int:
                       device=args.device,
                       eval_every=args.eval_every, augment=not args.no_augment,
                       ema=args.ema, keep=args.keep, clock=args.clock,
-                      min_shift=args.min_shift)
+                      min_shift=args.min_shift, select_fraction=args.select_fraction)
     clips = load_clips(find_clips(args.data), cache_dir=args.cache_dir,
                        face_landmarker=args.face_landmarker, workers=args.prep_workers)
     summary = train(clips, args.out, cfg, resume=args.resume, progress=not args.no_progress)
