@@ -132,7 +132,7 @@ class TrainConfig:
     adam_eps: float = 1e-15
     """AdamW ε"""
     # --- losses
-    w_uncertainty: float = 0.0
+    w_uncertainty: float = 0.1
     """uncertainty weighting: L1 / β + w·log β per ray (0 = plain L1)"""
     w_entropy: float = 1e-4
     """weights-entropy (opacity → 0 or 1)"""

@@ -29,8 +29,9 @@ import torch
 from synctalk.errors import InputError, ModelFileError
 from synctalk.nerf.data import SubjectData, read_torso_bg
 from synctalk.nerf.geometry import HeadBox, box_cameras, pixel_rays
-from synctalk.nerf.model import (AVE_NAME, WEIGHTS_NAME, CKPT_DIR, TalkingHeadModel, build_model,
-                                 load_state, read_model_config, read_torch)
+from synctalk.nerf.model import (AVE_NAME, CKPT_DIR, DEFAULT_CPU_THREADS, WEIGHTS_NAME,
+                                 TalkingHeadModel, build_model, load_state, read_model_config,
+                                 read_torch, torch_threads)
 from synctalk.nerf.renderer import render_rays
 
 #: Blendshape names the ``blink`` override replaces.
@@ -138,13 +139,14 @@ class TalkingHead:
     """
 
     def __init__(self, model_dir: Path, meta: dict, model: TalkingHeadModel, data: SubjectData,
-                 device: torch.device, backend: str) -> None:
+                 device: torch.device, backend: str, threads: int | None = None) -> None:
         self.model_dir = model_dir
         self.meta = meta
         self.model = model
         self.data = data
         self.device = device
         self.backend = backend
+        self.threads = threads
         self.config = dict(meta["config"])
         self.size: int = int(meta["size"])
         self.fps: float = float(meta["fps"])
@@ -162,8 +164,12 @@ class TalkingHead:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, model_dir, device: str = "cpu", backend: str = "auto") -> "TalkingHead":
+    def load(cls, model_dir, device: str = "cpu", backend: str = "auto",
+             threads: int | None = None) -> "TalkingHead":
         """Load a model directory written by ``synctalk train``.
+
+        ``threads``: torch CPU threads while rendering a frame (None: one on the CPU —
+        faster than two on the project's 2-core machine; the caller's setting on CUDA).
 
         Raises:
             ModelFileError: missing/corrupt model directory or weights.
@@ -205,7 +211,9 @@ class TalkingHead:
         model.to(dev).eval()
         data = SubjectData.load(subject, int(meta["size"]), images=False,
                                 box=HeadBox.from_dict(meta["box"]))
-        return cls(model_dir, meta, model, data, dev, backend)
+        if threads is None and dev.type == "cpu":
+            threads = DEFAULT_CPU_THREADS
+        return cls(model_dir, meta, model, data, dev, backend, threads)
 
     # ------------------------------------------------------------------ audio
     def _encoder(self):
@@ -290,13 +298,14 @@ class TalkingHead:
         if not 0 <= int(t) < len(audio_feats):
             raise InputError(f"audio frame {t} is outside the features' 0..{len(audio_feats) - 1}")
         timings = {"march": 0.0, "field": 0.0, "composite": 0.0, "torso": 0.0}
-        t0 = time.perf_counter()
-        bg = self.behind_head(int(source_frame), c2w)
-        timings["torso"] = time.perf_counter() - t0
-        feats = self.model.normalize_audio(audio_feats)
-        rgb, alpha = render_head_image(
-            self.model, self.data, feats, int(t), int(source_frame), bg=bg, blink=blink, c2w=c2w,
-            samples=self.samples, early_stop=self.early_stop, ema=self.audio_ema,
-            backend=self.backend, timings=timings)
+        with torch_threads(self.threads):
+            t0 = time.perf_counter()
+            bg = self.behind_head(int(source_frame), c2w)
+            timings["torso"] = time.perf_counter() - t0
+            feats = self.model.normalize_audio(audio_feats)
+            rgb, alpha = render_head_image(
+                self.model, self.data, feats, int(t), int(source_frame), bg=bg, blink=blink,
+                c2w=c2w, samples=self.samples, early_stop=self.early_stop, ema=self.audio_ema,
+                backend=self.backend, timings=timings)
         img = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
         return {"rgb": img, "alpha": alpha.float().cpu().numpy(), "timings": timings}

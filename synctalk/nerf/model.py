@@ -24,7 +24,9 @@ Model directory (written by ``synctalk train``; everything atomically):
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -40,6 +42,26 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.pt"
 AVE_NAME = "ave.pt"
 CKPT_DIR = "checkpoints"
+
+
+#: Torch CPU threads used for training and rendering unless asked otherwise. The per-step
+#: tensors are small: on the 2-core project machine one thread measured 4× faster than two
+#: (0.09 vs 0.37 s per demo training step, 0.29 vs 0.84 s per 256² frame, load ≈ 4).
+DEFAULT_CPU_THREADS = 1
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)`` (no change for None), then restore."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 class TalkingHeadModel(nn.Module):

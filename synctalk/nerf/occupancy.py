@@ -44,6 +44,10 @@ def cells_seen(cam_o: torch.Tensor, cam_rot: torch.Tensor, K: torch.Tensor, size
     return seen.view(r, r, r)
 
 
+#: Jittered points per cell at the first update.
+FIRST_UPDATE_POINTS = 4
+
+
 class OccupancyGrid(nn.Module):
     """The occupancy state of one model (module docstring)."""
 
@@ -68,14 +72,19 @@ class OccupancyGrid(nn.Module):
                threshold_cap: float = 10.0, fraction: float = 1.0,
                generator: torch.Generator | None = None, chunk: int = 65536) -> dict:
         """One EMA-max update with ``density_fn([M, 3] box points) -> [M]`` densities, evaluating
-        a random ``fraction`` of the seen cells.
+        a random ``fraction`` of the seen cells. The first update evaluates every seen cell at
+        :data:`FIRST_UPDATE_POINTS` jittered points (a cell left at 0 then would count as
+        empty, and one point is a poor estimate of a young, diffuse field).
 
         Returns ``{"occupied_fraction", "mean_density"}`` for logging.
         """
         aabb = torch.tensor(AABB, device=self.density.device)
+        first = int(self.updates) == 0
         new, occ = update_density_grid(self.density, density_fn, aabb, self.seen, decay=decay,
-                                       threshold_cap=threshold_cap, fraction=fraction, chunk=chunk,
-                                       generator=generator)
+                                       threshold_cap=threshold_cap,
+                                       fraction=1.0 if first else fraction,
+                                       n_points_per_cell=FIRST_UPDATE_POINTS if first else 1,
+                                       chunk=chunk, generator=generator)
         self.density.copy_(new)
         self.occupied.copy_(occ)
         self.updates += 1

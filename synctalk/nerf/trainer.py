@@ -44,6 +44,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,9 @@ from synctalk.nerf.data import (FACE_BIT, HEAD, NECK, RayBatch, RaySampler, Subj
                                 in_boxes, subject_identity)
 from synctalk.nerf.geometry import pixel_rays
 from synctalk.nerf.inference import render_head_image, torso_layer
-from synctalk.nerf.model import (AVE_NAME, CKPT_DIR, CONFIG_NAME, MODEL_FORMAT, WEIGHTS_NAME,
-                                 TalkingHeadModel, load_state, read_model_config, read_torch)
+from synctalk.nerf.model import (AVE_NAME, CKPT_DIR, CONFIG_NAME, DEFAULT_CPU_THREADS, MODEL_FORMAT,
+                                 WEIGHTS_NAME, TalkingHeadModel, load_state, read_model_config,
+                                 read_torch, torch_threads)
 from synctalk.nerf.occupancy import cells_seen
 from synctalk.nerf.renderer import render_rays
 
@@ -70,6 +72,8 @@ STAGES = ("head", "lip", "torso")
 #: Relative cost of one step of each stage before it is measured (head = 1).
 DEFAULT_COST = {"head": 1.0, "lip": 1.0, "torso": 0.3}
 KEEP_CHECKPOINTS = 2
+#: Steps over which the time budget measures the step rate.
+RATE_WINDOW = 40
 TORSO_ALPHA_WEIGHT = 0.05
 
 
@@ -160,11 +164,13 @@ class Trainer:
         resume: continue from the newest checkpoint in ``out``.
         amp: mixed precision (CUDA only).
         progress: show tqdm bars.
+        threads: torch CPU threads while training (None: :data:`DEFAULT_CPU_THREADS` on the
+            CPU, torch's setting on CUDA); the previous setting is restored afterwards.
     """
 
     def __init__(self, subject, out, cfg: TrainConfig | None = None, *, device: str = "cpu",
                  backend: str = "auto", ave=None, resume: bool = False, amp: bool = True,
-                 progress: bool = True) -> None:
+                 progress: bool = True, threads: int | None = None) -> None:
         self.subject = Path(subject)
         self.out = Path(out)
         self.device = torch.device(device)
@@ -173,6 +179,9 @@ class Trainer:
         self.backend = backend
         self.ave_arg = ave
         self.progress = progress
+        if threads is not None and threads < 1:
+            raise InputError(f"threads must be ≥ 1, got {threads}")
+        self.threads = threads or (DEFAULT_CPU_THREADS if self.device.type == "cpu" else None)
         self.amp = bool(amp and self.device.type == "cuda")
         self.resume = resume
         self._check_backend()
@@ -190,7 +199,8 @@ class Trainer:
             self._claim_out()
         self.t_start = time.perf_counter()
         self.elapsed_before = 0.0
-        self._setup()
+        with torch_threads(self.threads):
+            self._setup()
 
     # ------------------------------------------------------------------ set-up
     def _check_backend(self) -> None:
@@ -403,7 +413,7 @@ class Trainer:
         self.runlog = RunLog(self.out)
         interrupted = False
         try:
-            with _StopFlag() as flag:
+            with _StopFlag() as flag, torch_threads(self.threads):
                 for stage in STAGES[STAGES.index(self.stage):]:
                     if self.plan[stage].planned == 0:
                         continue
@@ -419,7 +429,8 @@ class Trainer:
                         interrupted = True
                         break
             if not interrupted:
-                self.last_val = self.validate(final=True)
+                with torch_threads(self.threads):
+                    self.last_val = self.validate(final=True)
                 self.save_checkpoint()
                 self.save_final()
         finally:
@@ -441,13 +452,13 @@ class Trainer:
             self.optimizer = self._make_optimizer(stage)
         budget = self._plan_stage_budget(stage)
         stage_t0 = time.perf_counter()
-        done_at_start = plan.done
         if budget is not None and budget <= 0:
             plan.target = plan.done
         self.model.train()
         bar = tqdm(total=plan.target, initial=plan.done, desc=f"train {stage}", unit="step",
                    disable=not self.progress or None, leave=False, dynamic_ncols=True)
         t_log, rays_log = time.perf_counter(), 0
+        step_times: deque[float] = deque([time.perf_counter()], maxlen=RATE_WINDOW + 1)
         stats_acc: dict[str, float] = {}
         n_acc = 0
         try:
@@ -463,13 +474,18 @@ class Trainer:
                     stats_acc[k] = stats_acc.get(k, 0.0) + v
                 n_acc += 1
                 bar.update(1)
-                # time budget: fit the target to the measured rate
-                if budget is not None and plan.done - done_at_start >= 10 and plan.done % 10 == 0:
+                # time budget: fit the target to the rate of the last RATE_WINDOW steps (so a
+                # one-time cost — a kernel build, the first occupancy update — does not count)
+                step_times.append(time.perf_counter())
+                if budget is not None and len(step_times) > RATE_WINDOW // 2 and plan.done % 10 == 0:
                     spent = time.perf_counter() - stage_t0
-                    per_step = spent / (plan.done - done_at_start)
+                    per_step = (step_times[-1] - step_times[0]) / (len(step_times) - 1)
                     self.step_seconds[stage] = per_step
-                    fit = plan.done + int((budget - spent) / per_step)
-                    plan.target = max(plan.done, min(plan.planned, fit))
+                    fit = plan.done + int(max(0.0, budget - spent) / per_step)
+                    # keep 10 steps of slack while time is left, so the rate is measured again
+                    floor = min(plan.planned,
+                                plan.done + (10 if budget - spent > 10 * per_step else 0))
+                    plan.target = max(floor, min(plan.planned, fit))
                     bar.total = plan.target
                 if stage != "torso" and self.global_step % cfg.occ_update_every == 0 and (
                         stage == "lip" or plan.done >= cfg.occ_warmup):
@@ -550,7 +566,7 @@ class Trainer:
             beta = 1.0 + u
             unc_loss = (err.detach() / (2 * beta ** 2) + torch.log(beta) ** 2 / 2).mean()
             loss = photo + cfg.w_uncertainty * unc_loss
-            stats["unc"] = float(u.mean())
+            stats["unc"] = float(u.detach().mean())
         else:
             loss = err.mean()
         if stage == "lip" and batch.patches is not None and cfg.w_lip_ssim > 0:
