@@ -137,3 +137,29 @@ def test_photo_without_a_face_is_a_clear_error(tmp_path, face_landmarker_path):
 def test_bad_options(tmp_path, opts, match):
     with pytest.raises(InputError, match=match):
         generate(tmp_path / "o", SynthOptions(**{"seconds": 1, **opts}))
+
+
+def test_the_whole_head_moves_rigidly(face_landmarker_path):
+    """Hair and hat lie inside the rig's rigid head ring, so they turn with the face instead
+    of stretching towards the static frame (which no head model could reproduce)."""
+    from synctalk.synth.face import crop_head_and_shoulders, load_source_face, person_matte
+    from synctalk.synth.rig import FACE_OVAL, RING_MAX_SCALE, head_ring
+
+    face = crop_head_and_shoulders(load_source_face(None, str(face_landmarker_path)), 256)
+    matte = person_matte(face)
+    oval = face.landmarks[FACE_OVAL, :2].astype(np.float64)
+    centre = oval.mean(0)
+    face_h = float(np.ptp(oval[:, 1]))
+    ring = head_ring(oval, centre, face_h, matte, 256)
+    # the ring is at least the old fixed one and never beyond the static outer ring
+    r_oval = np.linalg.norm(oval - centre, axis=1)
+    r_ring = np.linalg.norm(ring - centre, axis=1)
+    assert (r_ring >= 1.29 * r_oval - 1e-6).all()
+    assert (r_ring <= RING_MAX_SCALE * r_oval + 1e-6).all()
+    # person pixels above the jaw (hair, hat, ears) are inside the ring polygon
+    ys, xs = np.nonzero(matte > 0.5)
+    head = ys < centre[1] + 0.25 * face_h
+    poly = ring.astype(np.float32).reshape(-1, 1, 2)
+    inside = [cv2.pointPolygonTest(poly, (float(x), float(y)), False) >= 0
+              for x, y in zip(xs[head][::7], ys[head][::7])]
+    assert np.mean(inside) > 0.97

@@ -58,6 +58,47 @@ class FrameState:
     shift: np.ndarray     # [3]
 
 
+#: Head ring of the rig: least scale of the face oval (x, y) about its centre, the margin
+#: beyond where the person matte ends (fraction of that distance), and the largest scale
+#: (the static outer ring is at 2.3×).
+RING_MIN_SCALE = (1.35, 1.30)
+RING_MATTE_MARGIN = 0.06
+RING_MAX_SCALE = 2.05
+
+
+def head_ring(oval: np.ndarray, centre: np.ndarray, face_h: float, matte: np.ndarray,
+              size: int) -> np.ndarray:
+    """Points ``[K, 2]`` (px) of the rig's head ring, one per face-oval point ``oval [K, 2]``.
+
+    Each point lies on the ray from ``centre`` through its oval point: at least
+    :data:`RING_MIN_SCALE` times the oval's distance (raised by 0.12 face heights above the
+    centre, for hair), and — above the jaw, where the person matte ``[H, W]`` is the head
+    rather than the shoulders — just beyond where the matte ends along that ray, so hair
+    and hats lie inside the ring. Never beyond :data:`RING_MAX_SCALE` times the oval's
+    distance, and kept one pixel inside the frame.
+    """
+    ring = centre + (oval - centre) * np.array(RING_MIN_SCALE)
+    ring[:, 1] -= 0.12 * face_h * (oval[:, 1] < centre[1])  # hair/hat above
+    steps = np.linspace(1.0, RING_MAX_SCALE, 64)
+    h, w = matte.shape
+    for k, p in enumerate(oval):
+        if p[1] > centre[1] + 0.25 * face_h:      # jaw and below: the matte runs into the body
+            continue
+        pts = centre + (p - centre) * steps[:, None]
+        inside = (pts[:, 0] >= 0) & (pts[:, 0] <= w - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= h - 1)
+        xi = np.clip(np.round(pts[:, 0]).astype(int), 0, w - 1)
+        yi = np.clip(np.round(pts[:, 1]).astype(int), 0, h - 1)
+        person = inside & (matte[yi, xi] > 0.5)
+        if not person.any():
+            continue
+        reach = steps[np.flatnonzero(person)[-1]] * (1.0 + RING_MATTE_MARGIN)
+        scale = min(RING_MAX_SCALE, reach)
+        cand = centre + (p - centre) * scale
+        if np.linalg.norm(cand - centre) > np.linalg.norm(ring[k] - centre):
+            ring[k] = cand
+    return np.clip(ring, 1.0, size - 2.0)
+
+
 class HeadRig:
     """Control mesh and renderer for one cropped source face.
 
@@ -86,9 +127,11 @@ class HeadRig:
         centre = oval[:, :2].mean(0)
 
         # Control points: landmarks and a head ring move rigidly with the head; a neck band
-        # follows part-way; an outer ring and the frame border stay put.
-        ring = centre + (oval[:, :2] - centre) * np.array([1.35, 1.30])
-        ring[:, 1] -= 0.12 * self.face_h * (oval[:, 1] < centre[1])  # hair/hat above
+        # follows part-way; an outer ring and the frame border stay put. The ring encloses
+        # the person's whole head (hair, hat, ears) where the matte says it reaches further,
+        # so the head moves as one rigid body and only background lies between the ring and
+        # the outer ring (which would otherwise stretch like a rubber sheet).
+        ring = head_ring(oval[:, :2], centre, self.face_h, matte, self.size)
         ring_z = np.full(len(ring), oval[:, 2].max() + 0.35 * self.face_w)
         chin_y = oval[:, 1].max()
         neck = np.stack([centre[0] + np.linspace(-0.35, 0.35, 5) * self.face_w,
