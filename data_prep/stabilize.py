@@ -16,7 +16,8 @@ Pipeline (:func:`stabilize`, the ``stabilize`` prep step is :func:`run`):
    ended at shot cuts; their 3-D points start where their rays meet the template
    (:func:`init_track_points`).
 6. **Bundle adjustment** (:func:`bundle_adjust`): per-frame SE(3) and shared 3-D points;
-   robust reprojection error of the tracks and of the down-weighted rigid landmarks, a
+   robust reprojection error of the tracks and of the down-weighted rigid landmarks (their
+   weight estimated per clip from the residuals of a first adjustment), a robust
    second-difference smoothness prior on the poses (not across shot cuts), a shape prior
    keeping points near their start and a gauge fixing the centroid and scale of the
    landmark points. Sparse Levenberg–Marquardt: the track points are eliminated (Schur
@@ -64,14 +65,45 @@ WORLD = ("head-centred: origin at the centroid of the rigid landmarks, axes of t
          "distance between the iris centres (landmarks 468, 473)")
 IRIS_CENTRES = (468, 473)
 
-#: Rigid face-mesh landmarks: forehead, glabella and nose bridge, eye corners, upper cheeks.
-#: Lips, jaw, brows, eyelids, nose wings and temples (which drift with mouth opening) are out.
+#: Rigid face-mesh landmarks: the landmarks MediaPipe moves with the head alone — mid
+#: forehead, nose bridge, inner eye corners, upper cheeks. Lips, jaw, brows, eyelids, nose
+#: wings and temples (which drift with mouth opening) are out, and so are landmarks of those
+#: regions that measurably do not follow the head (:data:`NON_RIGID_LANDMARKS`).
 RIGID_LANDMARKS = (
-    10, 151, 9, 108, 337, 109, 338, 67, 297, 69, 299,          # forehead
-    8, 168, 6, 197, 195, 5, 122, 351, 196, 419,                # glabella, nose bridge
-    33, 133, 362, 263,                                         # eye corners
-    116, 345, 117, 346, 118, 347, 119, 348, 120, 349, 121, 350,  # upper cheeks
+    151, 108, 337, 69, 299,                                    # mid forehead
+    168, 6, 197, 195, 122, 351, 196, 419,                      # nose bridge
+    133, 362,                                                  # inner eye corners
+    117, 346, 118, 347, 119, 348, 120, 349, 121, 350,          # upper cheeks
 )
+
+#: Landmarks of rigid regions left out of :data:`RIGID_LANDMARKS`, with the reason. Measured
+#: as each landmark's RMS residual against head poses set by the KLT tracks (landmark weight
+#: 0.03), on the four shared real clips and three synthetic ones (rigid heads), and the share
+#: of that residual that brow and eye blendshapes explain on the real clips (mirror pairs
+#: pooled). Left out: a residual ≥ 1.25× the median landmark's on at least two clips
+#: ("slides": 1.35–1.85× on every synthetic clip for the upper forehead and lateral cheeks,
+#: 1.34 and 1.38× on two real clips for the nose tip), or a brow or eye share ≥ 1.75× the
+#: median landmark's on at least two real clips (glabella: brows, 2.6–3.7× on three or four
+#: clips; outer eye corners: eyes, 1.85× and 2.6×). The
+#: sliding ones lie farthest in front of (nose tip) or behind (hairline, contour) the face's
+#: middle, where MediaPipe's regressed depth follows a head rotation least rigidly; their
+#: residual is not explained by the blendshapes.
+NON_RIGID_LANDMARKS = {
+    9: "glabella: moves with the brows", 8: "nose root: moves with the brows",
+    10: "upper forehead at the hairline: slides", 109: "upper forehead: slides",
+    338: "upper forehead: slides", 67: "upper forehead: slides", 297: "upper forehead: slides",
+    33: "outer eye corner: moves with blinks", 263: "outer eye corner: moves with blinks",
+    116: "lateral cheek at the face contour: slides",
+    345: "lateral cheek at the face contour: slides",
+    5: "nose tip: slides",
+}
+
+#: Landmark weight (relative to a KLT track, see :class:`StabilizeParams`) of the first
+#: bundle adjustment when the weight is estimated, and the range the estimate is kept in.
+LANDMARK_WEIGHT_START = 0.3
+LANDMARK_WEIGHT_RANGE = (0.05, 1.0)
+#: Levenberg–Marquardt iterations of that first adjustment (enough for the residual RMS).
+LANDMARK_WEIGHT_FIRST_ITERATIONS = 5
 
 #: Landmark sets whose convex hulls make the rigid-skin mask KLT corners are seeded in.
 SKIN_REGIONS = (
@@ -349,7 +381,8 @@ class BAProblem:
         obs_point: ``[M]`` int point index.
         obs_xy: ``[M, 2]`` observed pixel position.
         obs_weight: ``[M]`` weight of the observation's squared error (1 for a track point,
-            less for a MediaPipe landmark).
+            less for a MediaPipe landmark): the robust loss sees the standardised squared
+            error ``w·|e|²``, as if the observation's noise were ``1/√w`` times a track's.
         n_landmarks: ``L``.
         points_prior: ``[Q, 3]`` mm, the shape prior's target (and the start) of each point.
         smooth_centres: ``[S]`` pose indices ``i`` whose ``i − 1, i, i + 1`` are consecutive
@@ -377,6 +410,11 @@ class BASettings:
             expressed in pixels: a rotation by the angle ``a`` counts as the displacement
             ``a · r`` of a point at the landmarks' RMS radius ``r`` seen at the head's median
             distance, a translation by ``d`` mm as ``d`` mm seen there.
+        smooth_loss: ``"l2"``, ``"huber"`` or ``"cauchy"`` on each frame's second
+            difference (the 6-vector's length in those pixels): a robust loss keeps the
+            prior's full strength against small (noise) accelerations but lets real, abrupt
+            head motion through instead of smearing it over neighbouring frames.
+        smooth_loss_scale_px: where the robust smoothness loss departs from least squares.
         shape_weight: weight of ``|X − X₀|`` (mm seen at the head's distance, px) per point.
         loss: ``"huber"`` or ``"cauchy"`` on the reprojection error.
         loss_scale_px: where the robust loss departs from least squares, px.
@@ -385,6 +423,8 @@ class BASettings:
     """
 
     smooth_weight: float = 4.0
+    smooth_loss: str = "huber"
+    smooth_loss_scale_px: float = 0.3
     shape_weight: float = 0.1
     loss: str = "huber"
     loss_scale_px: float = 0.3
@@ -473,7 +513,12 @@ class _Solver:
         d2 = sp.csr_matrix((np.tile([1.0, -2.0, 1.0], len(c)),
                             (np.repeat(np.arange(len(c)), 3), (c[:, None] + [-1, 0, 1]).ravel())),
                            shape=(len(c), n))
-        self.smooth_q = (d2.T @ d2).tocsr()
+        self.d2 = d2.tocsr()
+        self.smooth_q = (d2.T @ d2).tocsr()  # D₂ᵀ Ω D₂, re-weighted at each linearisation
+        self.c2_unit = self.c2 / settings.smooth_weight if settings.smooth_weight > 0 else None
+        _robust(np.zeros(1), settings.loss, 1.0)  # unknown losses fail here, before any work
+        if settings.smooth_loss != "l2":
+            _robust(np.zeros(1), settings.smooth_loss, 1.0)
         self.shape_w = settings.shape_weight * self.px_per_mm ** 2
         # Gauge on the landmark points: centroid (3 rows) and scale (1 row), as stiff residuals.
         if nl:
@@ -511,9 +556,9 @@ class _Solver:
         total = 0.0
         for c in self.chunks:
             err = self.residuals(rot, rotvec, trans, points, c)
-            total += np.dot(self.w[c], _robust(np.sum(err * err, 1), self.s.loss, self.delta)[0])
+            total += np.sum(self._rho(np.sum(err * err, 1), c)[0])
         x = np.concatenate([rotvec, trans], 1)
-        total += np.sum(self.c2 * (x * (self.smooth_q @ x)))
+        total += self._smooth_cost(x)
         total += self.shape_w * np.sum((points - self.p.points_prior) ** 2)
         nl = self.p.n_landmarks
         if nl:
@@ -532,7 +577,7 @@ class _Solver:
         w = np.empty((len(self.pose), 6, 3))
         for c, sum_pose, sum_point in zip(self.chunks, self.sum_pose, self.sum_point):
             err, jc, jp = self.residuals(rot, rotvec, trans, points, c, jac=True)
-            om = (self.w[c] * _robust(np.sum(err * err, 1), self.s.loss, self.delta)[1])[:, None, None]
+            om = self._rho(np.sum(err * err, 1), c)[1][:, None, None]
             jcw, jpw = jc * om, jp * om
             u += sum_pose @ np.matmul(jcw.transpose(0, 2, 1), jc).reshape(-1, 36)
             v += sum_point @ np.matmul(jpw.transpose(0, 2, 1), jp).reshape(-1, 9)
@@ -541,6 +586,7 @@ class _Solver:
             gp += sum_point @ np.einsum("mki,mk->mi", jpw, err)
         u, v = u.reshape(n, 6, 6), v.reshape(q, 3, 3)
         x = np.concatenate([rotvec, trans], 1)
+        self.smooth_q = self._smooth_matrix(x)
         gc += self.c2 * (self.smooth_q @ x)
         gp += self.shape_w * (points - self.p.points_prior)
         v += self.shape_w * np.eye(3)
@@ -549,6 +595,38 @@ class _Solver:
             g = self.gauge @ (points[:nl] - self.p.points_prior[:nl]).ravel()
             gp[:nl] += self.gauge_w * (self.gauge.T @ g).reshape(nl, 3)
         return u, v, w, gc, gp
+
+    def _rho(self, s: np.ndarray, chunk: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Robust cost ``ρ(w·s)`` ``[m]`` of the squared errors ``s [m]`` (px²) of the
+        observations in ``chunk`` with weights ``w``, and its derivative ``w·ρ'(w·s)`` with
+        respect to ``s`` (the IRLS weights)."""
+        w = self.w[chunk]
+        rho, d = _robust(w * s, self.s.loss, self.delta)
+        return rho, w * d
+
+    def _robust_smoothing(self) -> bool:
+        return self.s.smooth_loss != "l2" and self.c2_unit is not None
+
+    def _accel_sq(self, x: np.ndarray) -> np.ndarray:
+        """``[S]`` squared second differences of the poses ``x [N, 6]`` at the smoothing
+        centres, in px² (see :class:`BASettings`, without the weight)."""
+        r = self.d2 @ x
+        return np.sum(self.c2_unit * r * r, 1)
+
+    def _smooth_cost(self, x: np.ndarray) -> float:
+        """The smoothness prior's cost (doubled) at the poses ``x [N, 6]``."""
+        if not self._robust_smoothing():
+            return float(np.sum(self.c2 * (x * (self.smooth_q @ x))))
+        rho, _ = _robust(self._accel_sq(x), self.s.smooth_loss, self.s.smooth_loss_scale_px)
+        return float(self.s.smooth_weight * np.sum(rho))
+
+    def _smooth_matrix(self, x: np.ndarray) -> sp.csr_matrix:
+        """``[N, N]`` ``D₂ᵀ Ω D₂``: ``Ω`` holds the IRLS weights of the robust smoothness
+        loss at the poses ``x`` (the identity for the quadratic prior)."""
+        if not self._robust_smoothing():
+            return self.smooth_q
+        _, w = _robust(self._accel_sq(x), self.s.smooth_loss, self.s.smooth_loss_scale_px)
+        return (self.d2.T @ sp.diags(w) @ self.d2).tocsr()
 
     # ------------------------------------------------------------------ linear solve
     def solve(self, u, v, w, gc, gp, lam: float):
@@ -653,15 +731,16 @@ def _band_storage(ub: np.ndarray) -> np.ndarray:
 
 
 def bundle_adjust(problem: BAProblem, rotvec: np.ndarray, trans: np.ndarray,
-                  settings: BASettings | None = None) -> BAResult:
+                  settings: BASettings | None = None, points: np.ndarray | None = None) -> BAResult:
     """Refine poses and points by sparse Levenberg–Marquardt.
 
-    Cost (halved): ``Σ_o w_o ρ(|π(R_i X_p + t_i) − x_o|²)`` over observations, plus the
-    smoothness prior on second differences of ``(ω_i, t_i)``, the shape prior
+    Cost (halved): ``Σ_o ρ(w_o |π(R_i X_p + t_i) − x_o|²)`` over observations (the robust
+    loss sees each error standardised by its weight), plus the (robust) smoothness prior on
+    second differences of ``(ω_i, t_i)``, the shape prior
     ``|X_p − X₀_p|²`` and a stiff gauge fixing the landmark points' centroid and scale to
     those of the prior. Each iteration builds the normal equations with IRLS weights
-    ``w_o ρ'``, eliminates the track points (3×3 blocks) into a block-banded pose system
-    bordered by the landmark points, and solves it with a banded Cholesky factorisation and
+    ``w_o ρ'`` (and those of the smoothness loss), eliminates the track points (3×3 blocks)
+    into a block-banded pose system bordered by the landmark points, and solves it with a banded Cholesky factorisation and
     a dense Schur complement on the border. OpenBLAS runs on one thread meanwhile
     (:func:`data_prep.subject.blas_threads`): on 2 cores its threads made the solve about
     3× as costly in CPU time and slower.
@@ -671,15 +750,17 @@ def bundle_adjust(problem: BAProblem, rotvec: np.ndarray, trans: np.ndarray,
         rotvec: ``[N, 3]`` starting rotation vectors (head → camera, radians).
         trans: ``[N, 3]`` starting translations (mm).
         settings: weights and stopping rules.
+        points: ``[Q, 3]`` starting points (default ``problem.points_prior``).
 
     Returns:
         The refined estimate and solver statistics.
     """
     settings = settings or BASettings()
     solver = _Solver(problem, settings, trans)
+    start = problem.points_prior if points is None else points
     with blas_threads(1):  # many small BLAS/LAPACK calls: threads cost more than they give
         return solver.run(np.array(rotvec, np.float64), np.array(trans, np.float64),
-                          np.array(problem.points_prior, np.float64))
+                          np.array(start, np.float64))
 
 
 @dataclass
@@ -753,7 +834,7 @@ def synthetic_problem(n_frames: int, n_landmarks: int = 37, tracks_per_frame: in
 
 # ---------------------------------------------------------------------------- shot cuts
 def shot_cuts(landmarks: np.ndarray, valid: np.ndarray, min_jump: float | None = 0.15,
-              min_ratio: float = 8.0) -> np.ndarray:
+              min_ratio: float = 8.0, rigid: Sequence[int] = RIGID_LANDMARKS) -> np.ndarray:
     """Frames that start a new shot: edits (jump cuts, re-framing) where the face jumps
     between two frames, which no head motion explains.
 
@@ -769,6 +850,7 @@ def shot_cuts(landmarks: np.ndarray, valid: np.ndarray, min_jump: float | None =
         valid: ``[N]`` bool.
         min_jump: the smallest jump that can be a cut; None finds no cuts.
         min_ratio: how much larger than the surrounding motion it must be.
+        rigid: the landmarks whose centroid and radius are followed.
 
     Returns:
         ``[N]`` bool, True at the first frame of each new shot.
@@ -777,7 +859,7 @@ def shot_cuts(landmarks: np.ndarray, valid: np.ndarray, min_jump: float | None =
     cuts = np.zeros(n, bool)
     if min_jump is None or n < 2:
         return cuts
-    pts = np.asarray(landmarks, np.float64)[:, list(RIGID_LANDMARKS), :2]
+    pts = np.asarray(landmarks, np.float64)[:, list(rigid), :2]
     centre = pts.mean(1)
     radius = np.maximum(np.sqrt(np.sum((pts - centre[:, None]) ** 2, -1).mean(1)), 1e-6)
     jump = np.full(n, np.nan)
@@ -1114,29 +1196,50 @@ class StabilizeParams:
 
     Attributes:
         landmark_weight: scale of a rigid landmark's reprojection residual relative to a KLT
-            track point's (its squared error counts ``landmark_weight²``): MediaPipe's
-            landmarks are noisier than the tracks and their errors are correlated within a
-            frame.
+            track point's (its squared error counts ``landmark_weight²``, before the robust
+            loss): MediaPipe's landmarks are noisier than the tracks. ``None`` estimates it
+            per clip by one step of variance-component estimation: a first bundle
+            adjustment with :data:`LANDMARK_WEIGHT_START`, then the weight becomes the ratio
+            of the tracks' residual RMS to the landmarks' (within
+            :data:`LANDMARK_WEIGHT_RANGE`) and the adjustment continues from its solution.
+            Sharp video with accurate tracks gives the landmarks little say (≈ 0.1 on a
+            synthetic clip), blurred or low-bit-rate video more (≈ 0.5).
         smooth_weight: second-difference pose prior (see :class:`BASettings`).
+        smooth_loss, smooth_loss_scale_px: its robust loss (see :class:`BASettings`).
         shape_weight: prior keeping 3-D points near the template (see :class:`BASettings`).
         loss: ``"huber"`` or ``"cauchy"``.
         loss_scale_px: where the robust loss departs from least squares.
+        rigid_landmarks: the face-mesh landmarks treated as rigid (template alignment,
+            focal search, PnP, shot cuts, BA, and the reported landmark RMS); default
+            :data:`RIGID_LANDMARKS`.
         focal_px: the focal length in px of the crop; ``None`` estimates it.
         principal_point: ``(cx, cy)`` px of the crop; ``None``: :func:`stabilize` takes the
-            crop centre, the step (:func:`run`) the source camera's mapped into the crop.
+            crop centre, the step (:func:`run`) chooses by ``principal_point_from``.
+        principal_point_from: where the step takes the principal point from when none is
+            given: ``"source"``, the source camera's (the source frame's centre mapped into
+            the crop, :func:`subject_principal_point`; the crop centre when unknown);
+            ``"crop"``, the crop's centre — for a source that was itself cut out of a larger
+            video (re-framed, zoomed), whose frame centre is not its camera's. The landmarks
+            cannot tell the two apart: on synthetic clips with a known camera their PnP fit
+            is best with a principal point about a tenth of the focal length above the true
+            one.
         cut_min_jump, cut_min_ratio: shot-cut detection (:func:`shot_cuts`; a None jump
             finds none): KLT tracks end at a cut and the smoothness prior does not span it.
         max_iterations: Levenberg–Marquardt iterations at most.
         klt_*: :class:`KltSettings` fields.
     """
 
-    landmark_weight: float = 0.3
+    landmark_weight: float | None = None
+    rigid_landmarks: tuple[int, ...] = RIGID_LANDMARKS
     smooth_weight: float = BASettings.smooth_weight
+    smooth_loss: str = BASettings.smooth_loss
+    smooth_loss_scale_px: float = BASettings.smooth_loss_scale_px
     shape_weight: float = BASettings.shape_weight
     loss: str = BASettings.loss
     loss_scale_px: float = BASettings.loss_scale_px
     focal_px: float | None = None
     principal_point: tuple[float, float] | None = None
+    principal_point_from: str = "source"
     cut_min_jump: float | None = 0.15
     cut_min_ratio: float = 8.0
     max_iterations: int = 30
@@ -1157,12 +1260,27 @@ class StabilizeParams:
         params = dict(params or {})
         if params.get("principal_point") is not None:
             params["principal_point"] = tuple(float(v) for v in params["principal_point"])
+        if "rigid_landmarks" in params:
+            rigid = tuple(int(v) for v in params["rigid_landmarks"])
+            if len(rigid) < 6 or len(set(rigid)) != len(rigid) or not all(0 <= v < 468
+                                                                          for v in rigid):
+                raise InputError(f"stabilize: rigid_landmarks must be at least 6 distinct "
+                                 f"face-mesh indices in 0..467, got "
+                                 f"{list(params['rigid_landmarks'])}")
+            params["rigid_landmarks"] = rigid
+        if params.get("principal_point_from", "source") not in PRINCIPAL_POINT_CHOICES:
+            raise InputError(f"stabilize: principal_point_from must be one of "
+                             f"{', '.join(PRINCIPAL_POINT_CHOICES)}, "
+                             f"got {params['principal_point_from']!r}")
         return params_from_dict(cls, params, "stabilize")
 
     def ba_settings(self, width: int) -> BASettings:
         """The bundle adjustment's settings for frames ``width`` px wide."""
-        return BASettings(smooth_weight=self.smooth_weight, shape_weight=self.shape_weight,
-                          loss=self.loss, loss_scale_px=self.loss_scale_px * width / 512.0,
+        scale = width / 512.0
+        return BASettings(smooth_weight=self.smooth_weight, smooth_loss=self.smooth_loss,
+                          smooth_loss_scale_px=self.smooth_loss_scale_px * scale,
+                          shape_weight=self.shape_weight, loss=self.loss,
+                          loss_scale_px=self.loss_scale_px * scale,
                           max_iterations=self.max_iterations)
 
     def klt(self) -> KltSettings:
@@ -1170,8 +1288,13 @@ class StabilizeParams:
         return KltSettings(**{f.name: getattr(self, "klt_" + f.name) for f in fields(KltSettings)})
 
 
+#: Values of :attr:`StabilizeParams.principal_point_from`.
+PRINCIPAL_POINT_CHOICES = ("source", "crop")
+
+
 #: The ``stabilize`` step's default ``params`` (JSON-able; :meth:`StabilizeParams.from_dict`).
-DEFAULT_PARAMS = {f.name: f.default for f in fields(StabilizeParams)}
+DEFAULT_PARAMS = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                  for f in fields(StabilizeParams)}
 
 
 @dataclass
@@ -1185,7 +1308,8 @@ class Stabilized:
         rotvec_raw, trans_raw: ``[N, 3]`` the PnP poses BA started from.
         focal: px. center: ``[2]`` principal point px. size: ``(H, W)`` of the frames.
         template: ``[478, 3]`` mm head-frame template.
-        landmark_points: ``[L, 3]`` mm BA points of :data:`RIGID_LANDMARKS`.
+        rigid: the ``L`` rigid landmark indices used.
+        landmark_points: ``[L, 3]`` mm BA points of the rigid landmarks.
         tracks: the KLT tracks used (renumbered: only those on the template).
         track_points: ``[T, 3]`` mm BA points of the tracks.
         residual_px: ``[N]`` per-frame RMS reprojection error of the rigid landmarks (NaN
@@ -1201,6 +1325,7 @@ class Stabilized:
     center: np.ndarray
     size: tuple[int, int]
     template: np.ndarray
+    rigid: tuple[int, ...]
     landmark_points: np.ndarray
     tracks: KltTracks
     track_points: np.ndarray
@@ -1251,20 +1376,20 @@ def stabilize(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.nda
                          "needs at least 3 — check the track step's output.")
     center = np.array(p.principal_point if p.principal_point is not None
                       else (size[1] / 2.0, size[0] / 2.0), np.float64)
-    rigid = list(RIGID_LANDMARKS)
+    rigid = list(p.rigid_landmarks)
     obs = landmarks[:, rigid, :2].astype(np.float64)
     clock = time.perf_counter()
-    face_px = frontal_landmarks(landmarks, valid, matrices)
+    face_px = frontal_landmarks(landmarks, valid, matrices, rigid=rigid)
     focal_table: dict[float, float] = {}
     if p.focal_px is not None:
         focal = float(p.focal_px)
     else:
-        focal, focal_table = estimate_focal(face_px, obs, valid, center, size[1])
-    template = lift_template(face_px, focal, center)
+        focal, focal_table = estimate_focal(face_px, obs, valid, center, size[1], rigid=rigid)
+    template = lift_template(face_px, focal, center, rigid)
     rv0, tr0 = initial_poses(template[rigid], obs, valid, focal, center)
     seconds_init = time.perf_counter() - clock
 
-    cuts = shot_cuts(landmarks, valid, p.cut_min_jump, p.cut_min_ratio)
+    cuts = shot_cuts(landmarks, valid, p.cut_min_jump, p.cut_min_ratio, rigid)
     clock = time.perf_counter()
     tracks = track_klt(frames, landmarks, valid, p.klt(), progress, cuts)
     seconds_klt = time.perf_counter() - clock
@@ -1278,9 +1403,26 @@ def stabilize(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.nda
     # One BA over the frames from the first to the last valid one. Frames without valid
     # landmarks in between have no observations: the smoothness prior bridges them.
     span = np.arange(np.flatnonzero(valid)[0], np.flatnonzero(valid)[-1] + 1)
+    settings = p.ba_settings(size[1])
+    weight = LANDMARK_WEIGHT_START if p.landmark_weight is None else float(p.landmark_weight)
     problem = _stabilizer_problem(obs, valid, span, tracks, template[rigid], pts3, focal, center,
-                                  p.landmark_weight, cuts)
-    res = bundle_adjust(problem, rv0[span], tr0[span], p.ba_settings(size[1]))
+                                  weight, cuts)
+    estimate = p.landmark_weight is None and tracks.n_tracks > 0
+    first = settings if not estimate else replace(
+        settings, max_iterations=min(settings.max_iterations, LANDMARK_WEIGHT_FIRST_ITERATIONS))
+    res = bundle_adjust(problem, rv0[span], tr0[span], first)
+    iterations, seconds_ba = res.iterations, res.seconds
+    if estimate:
+        # One step of variance-component estimation: weigh the landmarks by the ratio of the
+        # tracks' residual RMS to theirs at the first solution, and solve again from there.
+        rv1, tr1 = _full(res.rotvec, span, len(valid)), _full(res.trans, span, len(valid))
+        rms_lm = _rms((project(res.points[:len(rigid)], rv1, tr1, focal, center) - obs)[valid])
+        rms_tr = _rms(_track_errors(tracks, res.points[len(rigid):], rv1, tr1, focal, center))
+        weight = float(np.clip(rms_tr / max(rms_lm, 1e-9), *LANDMARK_WEIGHT_RANGE))
+        problem = _stabilizer_problem(obs, valid, span, tracks, template[rigid], pts3, focal,
+                                      center, weight, cuts)
+        res = bundle_adjust(problem, res.rotvec, res.trans, settings, points=res.points)
+        iterations, seconds_ba = iterations + res.iterations, seconds_ba + res.seconds
     rotvec, trans = rv0.copy(), tr0.copy()
     rotvec[span], trans[span] = res.rotvec, res.trans
     known = np.zeros(len(valid), bool)
@@ -1299,7 +1441,9 @@ def stabilize(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.nda
         "focal_search_rms_px": {f"{k:.1f}": round(v, 4) for k, v in focal_table.items()},
         "principal_point": [round(float(c), 2) for c in center],
         "shot_cuts": [int(i) for i in np.flatnonzero(cuts)],
-        "n_rigid_landmarks": len(rigid), "n_tracks": int(tracks.n_tracks),
+        "n_rigid_landmarks": len(rigid), "rigid_landmarks": [int(v) for v in rigid],
+        "landmark_weight": round(weight, 4), "landmark_weight_estimated": bool(estimate),
+        "n_tracks": int(tracks.n_tracks),
         "n_track_obs": int(len(tracks.frame)),
         "track_len_mean": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
         "tracks_per_frame": round(len(tracks.frame) / int(valid.sum()), 1),
@@ -1309,13 +1453,21 @@ def stabilize(frames: Iterable[np.ndarray], landmarks: np.ndarray, valid: np.nda
         "track_rms_px": round(_rms(_track_errors(tracks, tr_pts, rotvec, trans, focal, center)), 4),
         "rotation_jitter_deg_before": round(rotation_jitter_deg(so3_exp(rv0)), 4),
         "rotation_jitter_deg": round(rotation_jitter_deg(so3_exp(rotvec)), 4),
-        "ba_iterations": res.iterations,
+        "ba_iterations": iterations,
         "ba_cost_before": round(res.cost_initial, 3), "ba_cost": round(res.cost_final, 3),
         "seconds_init": round(seconds_init, 2), "seconds_klt": round(seconds_klt, 2),
-        "seconds_ba": round(res.seconds, 2),
+        "seconds_ba": round(seconds_ba, 2),
     }
-    return Stabilized(rotvec, trans, rv0, tr0, focal, center, tuple(size), template, lm_pts,
-                      tracks, tr_pts, residual, info)
+    return Stabilized(rotvec, trans, rv0, tr0, focal, center, tuple(size), template,
+                      tuple(rigid), lm_pts, tracks, tr_pts, residual, info)
+
+
+def _full(values: np.ndarray, span: np.ndarray, n: int) -> np.ndarray:
+    """``[n, ...]`` array holding ``values [len(span), ...]`` at the frames ``span`` (zeros
+    elsewhere)."""
+    out = np.zeros((n,) + values.shape[1:], values.dtype)
+    out[span] = values
+    return out
 
 
 def _stabilizer_problem(obs: np.ndarray, valid: np.ndarray, span: np.ndarray, tracks: KltTracks,
@@ -1323,7 +1475,8 @@ def _stabilizer_problem(obs: np.ndarray, valid: np.ndarray, span: np.ndarray, tr
                         center: np.ndarray, landmark_weight: float,
                         cuts: np.ndarray | None = None) -> BAProblem:
     """The BA of :func:`stabilize`: poses of the frames ``span``, rigid landmarks ``obs
-    [N, L, 2]`` seen in the valid frames (weight ``landmark_weight²``), KLT tracks (weight 1);
+    [N, L, 2]`` seen in the valid frames (weight ``landmark_weight²``: a landmark's error
+    counts as ``landmark_weight`` times its size in a track's units), KLT tracks (weight 1);
     points start at ``landmarks3 [L, 3]`` and ``tracks3 [T, 3]``. The smoothness prior does
     not reach across the shot cuts ``cuts [N]`` (bool, first frame of a new shot)."""
     centres = np.arange(1, len(span) - 1)
@@ -1361,14 +1514,14 @@ def landmark_only_poses(landmarks: np.ndarray, valid: np.ndarray, result: Stabil
         ``rotvec [N, 3]``, ``trans [N, 3]`` head → camera.
     """
     p = params or StabilizeParams()
-    rigid = list(RIGID_LANDMARKS)
+    rigid = list(result.rigid)
     valid = np.asarray(valid, bool) & np.isfinite(landmarks).all((1, 2))
     span = np.arange(np.flatnonzero(valid)[0], np.flatnonzero(valid)[-1] + 1)
     no_tracks = KltTracks(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 2), np.float32), 0)
     prob = _stabilizer_problem(landmarks[:, rigid, :2].astype(np.float64), valid, span, no_tracks,
                                result.template[rigid], np.zeros((0, 3)), result.focal,
                                result.center, 1.0,
-                               shot_cuts(landmarks, valid, p.cut_min_jump, p.cut_min_ratio))
+                               shot_cuts(landmarks, valid, p.cut_min_jump, p.cut_min_ratio, rigid))
     res = bundle_adjust(prob, result.rotvec_raw[span], result.trans_raw[span],
                         p.ba_settings(result.size[1]))
     rotvec, trans = result.rotvec_raw.copy(), result.trans_raw.copy()
@@ -1401,7 +1554,7 @@ def save_poses(path, result: Stabilized) -> None:
                 valid=valid, residual_px=result.residual_px.astype(np.float32),
                 landmark_rms_px=np.float64(result.info["landmark_rms_px"]),
                 track_rms_px=np.float64(result.info["track_rms_px"]),
-                rigid_landmarks=np.array(RIGID_LANDMARKS, np.int32),
+                rigid_landmarks=np.array(result.rigid, np.int32),
                 landmark_points_3d=result.landmark_points.astype(np.float32),
                 template=result.template.astype(np.float32),
                 track_points_2d=result.tracks.xy.astype(np.float32),
@@ -1452,9 +1605,11 @@ def run(subject_dir, params: dict | None = None) -> dict:
         subject_dir: the subject directory.
         params: :class:`StabilizeParams` fields.
 
-    The principal point is ``params["principal_point"]`` when given, else the source
-    camera's (the source frame's centre) mapped into the crop by the ingest step's crop box
-    (:func:`subject_principal_point`), else the crop centre.
+    The principal point is ``params["principal_point"]`` when given, else, by
+    ``params["principal_point_from"]``, the source camera's (the source frame's centre mapped
+    into the crop by the ingest step's crop box, :func:`subject_principal_point`) or the
+    crop centre (also when the source camera's is unknown); ``principal_point_from`` in the
+    summary says which.
 
     Returns:
         The summary of :func:`stabilize` (focal, principal point and where it came from,
@@ -1480,7 +1635,8 @@ def run(subject_dir, params: dict | None = None) -> dict:
     n = len(landmarks)
     pp_from = "params"
     if p.principal_point is None:
-        pp = subject_principal_point(subject_dir, first.shape[:2])
+        pp = (subject_principal_point(subject_dir, first.shape[:2])
+              if p.principal_point_from == "source" else None)
         pp_from = "crop centre" if pp is None else "source frame centre"
         p = replace(p, principal_point=pp)
     with tqdm(total=n, desc="stabilize: KLT", unit="frame", leave=False, disable=None) as bar:

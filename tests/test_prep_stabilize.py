@@ -140,6 +140,59 @@ def test_ba_rejects_tracks_with_gaps():
         st.bundle_adjust(prob, sb.rotvec0, sb.trans0)
 
 
+def test_ba_robust_loss_sees_errors_standardised_by_their_weight():
+    """A weighted observation's error enters the robust loss scaled by √w: a landmark with
+    weight 0.09 is treated as a track 0.3× its size (quadratic up to loss_scale / 0.3)."""
+    sb = st.synthetic_problem(6, n_landmarks=4, tracks_per_frame=3, max_track_len=4, seed=3)
+    prob = sb.problem
+    settings = st.BASettings(smooth_weight=0.0, shape_weight=0.0, loss="huber", loss_scale_px=0.3)
+    solver = st._Solver(prob, settings, sb.trans)
+    pts = prob.points_prior.copy()  # gauge term zero
+    err = solver.residuals(st.so3_exp(sb.rotvec), sb.rotvec, sb.trans, pts,
+                           slice(0, len(solver.pose)))
+    s = np.sum(err ** 2, 1)
+    rho, _ = st._robust(solver.w * s, "huber", 0.3)
+    assert solver.cost(sb.rotvec, sb.trans, pts) == pytest.approx(0.5 * rho.sum(), rel=1e-9)
+    w_lm = solver.w[: solver.m_lm]
+    assert np.allclose(w_lm, 0.09) and np.allclose(solver.w[solver.m_lm:], 1.0)
+    # A landmark error of 0.5 px (below 0.3 / 0.3 = 1 px) is still in the quadratic zone.
+    r, d = st._robust(np.array([0.09 * 0.25]), "huber", 0.3)
+    assert r[0] == pytest.approx(0.09 * 0.25) and d[0] == 1.0
+
+
+def _jerk_problem(seed: int = 11):
+    """A BA problem whose head turns by 6° within four frames at frame 100 (abrupt motion,
+    as in clips with uneven frame timing), plus its truth."""
+    sb = st.synthetic_problem(200, n_landmarks=20, tracks_per_frame=40, seed=seed, noise_px=0.3)
+    t = np.arange(200)
+    turn = np.radians(6.0) * np.clip((t - 100) / 4.0, 0, 1)
+    rotvec = sb.rotvec.copy()
+    rotvec[:, 1] += turn
+    prob = sb.problem
+    xc = np.einsum("mij,mj->mi", st.so3_exp(rotvec)[prob.obs_pose], sb.points[prob.obs_point])
+    xc += sb.trans[prob.obs_pose]
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 0.3, (len(xc), 2))
+    prob.obs_xy = prob.focal * xc[:, :2] / xc[:, 2:] + prob.center + noise
+    return prob, rotvec, sb.trans, rotvec + np.radians(rng.normal(0, 1.0, rotvec.shape)), sb.trans0
+
+
+def test_robust_smoothing_follows_abrupt_motion_and_still_smooths_noise():
+    prob, rv_true, _, rv0, tr0 = _jerk_problem()
+    r_true = st.so3_exp(rv_true)
+    out = {}
+    for loss in ("l2", "huber"):  # the default smoothness weight, quadratic vs robust
+        res = st.bundle_adjust(prob, rv0, tr0, st.BASettings(smooth_loss=loss))
+        r = st.so3_exp(res.rotvec)
+        # Rotation relative to frame 90 (before the turn) against the truth's.
+        err = st.rotation_angle_deg((r @ r[90].T) @ np.swapaxes(r_true @ r_true[90].T, 1, 2))
+        out[loss] = (err[96:110].max(), st.rotation_jitter_deg(r[10:90]))
+    # The quadratic prior smears the turn over its neighbours; the robust one follows it.
+    assert out["huber"][0] < 0.7 * out["l2"][0], out
+    # Away from the turn the robust prior smooths as much as the quadratic one.
+    assert out["huber"][1] == pytest.approx(out["l2"][1], rel=0.05), out
+
+
 # ---------------------------------------------------------------------------- template, tracks
 def _face(seed: int = 0) -> np.ndarray:
     """A face-like ``[478, 3]`` landmark set in pixels (z: relative depth) around (128, 128)."""
@@ -260,7 +313,8 @@ def test_tracks_and_smoothness_stop_at_a_cut():
     assert not any(a < cut <= b for a, b in spans)      # no track crosses the cut
     assert any(a == cut for a, _ in spans)                # new corners at the cut itself
     prob = st._stabilizer_problem(lms[:, list(st.RIGID_LANDMARKS), :2], np.ones(n, bool),
-                                  np.arange(n), tracks, np.zeros((37, 3)), np.zeros((tracks.n_tracks, 3)),
+                                  np.arange(n), tracks, np.zeros((len(st.RIGID_LANDMARKS), 3)),
+                                  np.zeros((tracks.n_tracks, 3)),
                                   500.0, np.array([128.0, 128.0]), 0.3, cuts)
     assert sorted(set(range(1, n - 1)) - set(prob.smooth_centres.tolist())) == [cut - 1, cut]
 
@@ -321,6 +375,19 @@ def test_stabilizer_acceptance_on_synthetic_clip(synth_subject):
     assert np.isfinite(poses["residual_px"]).all() and poses["valid"].all()
     assert info["n_tracks"] > 300 and info["track_rms_px"] < 0.3
     assert info["rotation_jitter_deg"] < 0.2 * info["rotation_jitter_deg_before"]
+    # Sharp synthetic video: accurate tracks, so the estimated landmark weight is low.
+    assert info["landmark_weight_estimated"] and 0.05 <= info["landmark_weight"] < 0.3
+    # The landmark RMS is taken over exactly the landmarks the BA treated as rigid.
+    rigid = poses["rigid_landmarks"]
+    assert tuple(rigid) == st.RIGID_LANDMARKS == tuple(info["rigid_landmarks"])
+    c2w = poses["c2w"]
+    rot = np.swapaxes(c2w[:, :3, :3], 1, 2)
+    trans = -np.einsum("nij,nj->ni", rot, c2w[:, :3, 3])
+    k = poses["intrinsics"]
+    proj = st.project(poses["landmark_points_3d"].astype(np.float64), st.so3_log(rot), trans,
+                      float(k[0, 0]), k[:2, 2])
+    rms = np.sqrt(np.mean(np.sum((proj - track.landmarks[:, rigid, :2]) ** 2, -1)))
+    assert rms == pytest.approx(float(poses["landmark_rms_px"]), rel=1e-3)
     ids, frames = poses["track_ids"], poses["track_frames"]
     assert len(ids) == len(frames) == len(poses["track_points_2d"]) == info["n_track_obs"]
     assert poses["points_3d"].shape == (ids.max() + 1, 3)
@@ -352,8 +419,8 @@ class _Captured(Exception):
 
 def test_run_uses_the_principal_point_of_the_ingest_crop(tmp_path, monkeypatch):
     """The step puts the principal point where the source frame's centre lands in the crop
-    (recorded by ingest); explicit params win; frames of another size fall back to the
-    crop centre."""
+    (recorded by ingest), or at the crop centre when asked (a re-framed source); explicit
+    params win; frames of another size fall back to the crop centre."""
     from data_prep.subject import Manifest
 
     (tmp_path / "frames").mkdir()
@@ -370,11 +437,15 @@ def test_run_uses_the_principal_point_of_the_ingest_crop(tmp_path, monkeypatch):
         raise _Captured
 
     monkeypatch.setattr(st, "stabilize", capture)
-    for params in ({}, {"principal_point": [10, 20]}):
+    for params in ({}, {"principal_point": [10, 20]}, {"principal_point_from": "crop"},
+                   {"principal_point_from": "crop", "principal_point": [10, 20]}):
         with pytest.raises(_Captured):
             st.run(tmp_path, params)
     assert seen[0] == pytest.approx(((320 - 100) * 0.5, (180 - 20) * 0.5))
-    assert seen[1] == (10.0, 20.0)
+    assert seen[1] == (10.0, 20.0) and seen[3] == (10.0, 20.0)
+    assert seen[2] is None  # stabilize() then takes the crop centre
+    with pytest.raises(InputError, match="principal_point_from"):
+        st.run(tmp_path, {"principal_point_from": "middle"})
     assert st.subject_principal_point(tmp_path, (64, 64)) == pytest.approx(seen[0])
     assert st.subject_principal_point(tmp_path, (128, 128)) is None
 
@@ -392,3 +463,19 @@ def test_default_params_are_json_and_round_trip():
     p = st.StabilizeParams.from_dict({"principal_point": [100, 120], "klt_max_points": 50})
     assert p.principal_point == (100.0, 120.0) and p.klt().max_points == 50
     assert p.ba_settings(256).loss_scale_px == pytest.approx(0.5 * p.loss_scale_px)
+    assert p.ba_settings(256).smooth_loss_scale_px == pytest.approx(0.5 * p.smooth_loss_scale_px)
+    custom = st.StabilizeParams.from_dict({"rigid_landmarks": [1, 2, 3, 4, 5, 6]})
+    assert custom.rigid_landmarks == (1, 2, 3, 4, 5, 6)
+    for bad in ([1, 2, 3], [1, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 470]):
+        with pytest.raises(InputError, match="rigid_landmarks"):
+            st.StabilizeParams.from_dict({"rigid_landmarks": bad})
+
+
+def test_rigid_set_leaves_out_the_landmarks_that_do_not_follow_the_head():
+    """The brow-, blink- and sliding landmarks are out of the rigid set (and documented)."""
+    assert not set(st.NON_RIGID_LANDMARKS) & set(st.RIGID_LANDMARKS)
+    for i in (9, 8, 10, 33, 263, 5):  # glabella, hairline, outer eye corners, nose tip
+        assert i in st.NON_RIGID_LANDMARKS
+    for i in (168, 6, 133, 362, 151):  # nose bridge, inner eye corners, mid forehead
+        assert i in st.RIGID_LANDMARKS
+    assert len(set(st.RIGID_LANDMARKS)) == len(st.RIGID_LANDMARKS) >= 20

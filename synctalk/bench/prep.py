@@ -17,8 +17,10 @@ whole prep runs in a fresh process (its own peak memory) into a subject director
   raw per-frame PnP poses, of MediaPipe's own poses and after stabilisation, with
   ``ratio`` = stabilised / raw PnP; ``shot_cuts``: edits the stabilizer found (the jitter
   of every estimate includes their steps);
-* ``focal_px``, ``principal_point`` (px of the crop) and ``tracks_per_frame`` of the
-  stabilizer;
+* ``focal_px``, ``principal_point`` (px of the crop) and where it came from
+  (``principal_point_from``), ``tracks_per_frame``, ``landmark_weight`` (estimated per clip
+  unless set) and ``n_rigid_landmarks`` (the set the RMS above is taken over, the one the
+  bundle adjustment treats as rigid) of the stabilizer;
 * ``peak_rss_mb`` of the prep process (``ru_maxrss``; ffmpeg's decoders run in their own
   processes), and the machine's 1-minute load average at the start and the end (the
   machine may be shared: timings are only comparable at similar load);
@@ -146,7 +148,10 @@ def subject_figures(subject) -> dict:
                        "stabilised": stabilised,
                        "ratio": round(stabilised / raw, 4) if raw else None},
         "focal_px": stab["focal_px"], "principal_point": stab.get("principal_point"),
+        "principal_point_from": stab.get("principal_point_from"),
         "tracks_per_frame": stab.get("tracks_per_frame"),
+        "landmark_weight": stab.get("landmark_weight"),
+        "n_rigid_landmarks": stab.get("n_rigid_landmarks"),
         "shot_cuts": len(stab.get("shot_cuts", [])),
     }
 
