@@ -166,6 +166,85 @@ def test_plane_table_gradient_is_zeroed_by_the_kernel(ext):
         assert torch.isfinite(grad).all()
 
 
+def test_plane_two_feature_vector_paths_give_the_same_bits_on_every_isa(ext, each_isa):
+    """F = 2 float32 tri-plane, table gradient only (training: the points need none): the
+    AVX-512 variant gathers 8 points' corners at once, adds 16 points' corner gradients
+    computed in vectors and transposes rows / columns in 8 x 8 blocks. Point counts that
+    are not multiples of 8 / 16 (tails), 3 levels (9 columns, not a multiple of 8), dense
+    and hashed levels, one large enough to prefetch: every variant gives the same bits,
+    and all match the gather oracle."""
+    spec = GridSpec(dim=2, n_levels=3, n_features=2, base_resolution=8, max_resolution=700,
+                    log2_hashmap_size=17)
+    assert spec.hashed == (False, False, True)
+    xyz = _points(5_003, 11)
+    tables = init_table(spec, 1.0, torch.Generator().manual_seed(12), planes=3)
+    g = torch.randn(xyz.shape[0], 3 * spec.out_dim, generator=torch.Generator().manual_seed(13))
+    leaf = tables.clone().requires_grad_()
+    ref_out = _triplane_oracle(xyz, leaf, spec)
+    (ref_grad,) = torch.autograd.grad(ref_out, (leaf,), g)
+    results = {}
+
+    def check(isa):
+        out = native.triplane_encode(xyz, leaf, spec)
+        (grad,) = torch.autograd.grad(out, (leaf,), g)
+        _close(out.detach(), ref_out.detach(), what=f"out ({isa})")
+        _close(grad, ref_grad, what=f"grad tables ({isa})")
+        results[isa] = (out.detach(), grad)
+
+    each_isa(check)
+    base_out, base_grad = results["base"]
+    for isa, (out, grad) in results.items():
+        assert torch.equal(out, base_out) and torch.equal(grad, base_grad), isa
+
+
+def test_buffer_cache_reuses_large_outputs(ext):
+    """Large CPU outputs (the encoding, the table gradient) come back from a cache of freed
+    buffers: a second call of the same size reuses the first one's memory, dirty, and
+    still computes the right values; the 3-D grid's table gradient is zeroed first."""
+    ext.buffer_cache_clear()
+    spec = GridSpec(dim=3, n_levels=4, n_features=2, base_resolution=4, max_resolution=128,
+                    log2_hashmap_size=17)  # table 1.5 MB: cached
+    table = init_table(spec, 1.0, torch.Generator().manual_seed(21))
+    x = _points(20_000, 22)  # output 20000 x 8 floats = 640 KB: not cached
+    g = torch.randn(x.shape[0], spec.out_dim, generator=torch.Generator().manual_seed(23))
+    assert table.numel() * 4 >= 1 << 20 and g.numel() * 4 < 1 << 20
+    leaf = table.clone().requires_grad_()
+    ref = encode_reference(x.unsqueeze(0), leaf.unsqueeze(0), spec)
+    (ref_grad,) = torch.autograd.grad(ref, (leaf,), g)
+    (first,) = torch.autograd.grad(native.grid_encode(x, leaf, spec), (leaf,), g)
+    ptr = first.data_ptr()
+    _close(first, ref_grad)
+    del first
+    assert ext.buffer_cache_info() == [1, 2 << 20]  # capacity rounded up to 2 MB
+    (second,) = torch.autograd.grad(native.grid_encode(x, leaf, spec), (leaf,), 2 * g)
+    assert second.data_ptr() == ptr and ext.buffer_cache_info() == [0, 0]
+    _close(second, 2 * ref_grad)
+    del second
+    assert ext.buffer_cache_clear() == 2 << 20 and ext.buffer_cache_info() == [0, 0]
+
+
+def test_buffer_cache_can_be_turned_off(ext):
+    """SYNCTALK_NATIVE_BUFFER_CACHE_MB=0 (read once per process): large outputs are freed
+    as usual and nothing is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "from synctalk.ops import native\n"
+            "from synctalk.ops.grid import GridSpec, init_table\n"
+            "spec = GridSpec(dim=3, n_levels=4, n_features=2, base_resolution=4, max_resolution=128,\n"
+            "                log2_hashmap_size=17)\n"
+            "t = init_table(spec, 1.0).requires_grad_()\n"
+            "native.grid_encode(torch.rand(1000, 3), t, spec).sum().backward()\n"
+            "t.grad = None\n"
+            "print(native.load().buffer_cache_info())\n")
+    env = {**os.environ, "SYNCTALK_NATIVE_BUFFER_CACHE_MB": "0", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[0, 0]"
+
+
 def test_cpu_isa_selection(ext):
     best = ext.cpu_isa()
     assert best in ISAS
@@ -276,13 +355,16 @@ def test_composite_every_channel_path(ext, channels):
 
 @pytest.mark.parametrize("n_samples", [1, 7, 24, 33])
 @pytest.mark.parametrize("perturb", [False, True])
-def test_march_candidates_are_bit_identical_on_every_isa(ext, each_isa, n_samples, perturb):
+@pytest.mark.parametrize("box", [(-1.0, -0.5, -1.0, 1.0, 0.5, 1.0), (-1.3, -0.7, -0.9, 1.1, 0.6, 1.2)],
+                         ids=["pow2-extents", "other-extents"])
+def test_march_candidates_are_bit_identical_on_every_isa(ext, each_isa, n_samples, perturb, box):
     """Candidate counts that are not a multiple of any vector width, a grid size that is
-    not a power of two, jittered or not."""
+    not a power of two, jittered or not; a box whose extents are powers of two (the head
+    box: its cell divisions become exact multiplications) and one whose are not."""
     gen = torch.Generator().manual_seed(n_samples)
     o = torch.randn(400, 3, generator=gen) * 2.5
     d = torch.randn(400, 3, generator=gen)
-    box = torch.tensor((-1.0, -0.5, -1.0, 1.0, 0.5, 1.0))
+    box = torch.tensor(box)
     t_near, t_far = raymarch_mod._ray_aabb_torch(o, d, box, 0.0)
     occupied = torch.rand(20, 20, 20, generator=gen) > 0.5
     ref = raymarch_mod._march_rays_torch(o, d, t_near, t_far, occupied, box, n_samples, perturb,

@@ -366,6 +366,18 @@ def test_composite_gradcheck_float64():
     assert torch.autograd.gradcheck(fn, (sig, rgb, ex, bg))
 
 
+def test_composite_is_differentiable_once():
+    """The C++ autograd function gives first-order gradients; asking for a graph of them
+    (create_graph=True) is an error that names the torch backend, not a silent zero."""
+    samples = _packed(20, 8)
+    sig, rgb, ex, bg = _fields(samples.n_samples, samples.n_rays, 9)
+    out = native.composite(sig, rgb, samples, ex, bg)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(_loss(out), (sig,), create_graph=True)
+    (g,) = torch.autograd.grad(_loss(native.composite(sig, rgb, samples, ex, bg)), (sig,))
+    assert g.shape == sig.shape and not g.requires_grad
+
+
 @pytest.mark.parametrize("n_rays", [0, 1, 5])
 def test_composite_without_samples(n_rays):
     samples = raymarch_mod.PackedSamples(

@@ -22,8 +22,17 @@
 //
 // Each of those steps exists in up to three instruction-set variants selected once at
 // run time (AVX-512, AVX2, baseline x86-64 / any other CPU), all compiled from the same
-// inline bodies; only float32 inputs with float32 tables get the SIMD variants.
+// inline bodies; only float32 inputs with float32 tables get the SIMD variants. In the
+// AVX-512 variant, levels of F = 2 features (one 64-bit word per table row) also
+// vectorise the per-point table pass across points: the forward gathers the four corners
+// of 8 points at once, the backward computes the corner contributions of 16 points in
+// vectors and adds them row by row — the same operations in the same order, so every
+// variant gives the same bits.
 #include <omp.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdlib>
@@ -52,6 +61,9 @@ constexpr int64_t kPrefetchBytes = int64_t{768} << 10;      // prefetch rows of 
 constexpr int kAhead = 16;                                  // points ahead to prefetch
 
 #define ST_INLINE inline __attribute__((always_inline))
+
+// Compile-time instruction set of a variant's inline bodies (the CpuIsa values).
+constexpr int kIsaBase = 0, kIsaAvx512 = 2;
 
 template <typename scalar_t>
 struct CellBuf {
@@ -223,12 +235,211 @@ ST_INLINE void prefetch_ahead(const T* base, int64_t F, int64_t s, int j, const 
   __builtin_prefetch(base + (kHashed ? static_cast<int64_t>(src->r[2][q]) : q0 + s) * F);
 }
 
-template <int FT, bool kHashed, bool kPrefetch, typename scalar_t, typename table_t>
+#if defined(ST_X86_VARIANTS)
+// AVX-512 table passes of a 2-feature float32 level (called once per kCell points, not
+// inlined: the bodies that call them are not all compiled for AVX-512). A row is one
+// 64-bit word; the corners of point j are rows r[0..3][j] (hashed) or r0, r0 + 1,
+// r0 + s, r0 + s + 1 (dense, s = res + 1, r0 = r[0][j]).
+#define ST_X512 ST_TARGET_AVX512 __attribute__((noinline))
+
+// v[idx] (the zero-masking form of the permute, like the masked loads and gathers below:
+// GCC 12's plain forms warn about their undefined pass-through lanes).
+ST_TARGET_AVX512 inline __attribute__((always_inline)) __m512 permute_ps(__m512i idx, __m512 v) {
+  return _mm512_maskz_permutexvar_ps(0xFFFF, idx, v);
+}
+
+// Forward of points [0, cnt) in steps of 8 into dst [cnt][2] (as plane_forward:
+// lerp(lerp(t0, t2, fv), lerp(t1, t3, fv), fu)); returns the points done (a multiple
+// of 8; the caller does the rest).
+template <bool kHashed, bool kPrefetch>
+ST_X512 int forward_points_f2_x512(const Level& lv, const float* t, const CellBuf<float>& b,
+                                   int cnt, const CellBuf<float>& nb, int next_cnt, float* dst) {
+  const long long* rows = reinterpret_cast<const long long*>(t);
+  const __m512i dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m512i zero = _mm512_setzero_si512();
+  const __m256i stride = _mm256_set1_epi32(static_cast<int>(lv.res + 1u));
+  int j = 0;
+  for (; j + 8 <= cnt; j += 8) {
+    if (kPrefetch) {
+      for (int k = 0; k < 8; ++k) {
+        prefetch_ahead<kHashed>(t, 2, lv.res + 1, j + k, b, cnt, nb, next_cnt);
+      }
+    }
+    const __m256i i0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b.r[0] + j));
+    __m256i i1, i2, i3;
+    if (kHashed) {
+      i1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b.r[1] + j));
+      i2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b.r[2] + j));
+      i3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b.r[3] + j));
+    } else {
+      i1 = _mm256_add_epi32(i0, one);
+      i2 = _mm256_add_epi32(i0, stride);
+      i3 = _mm256_add_epi32(i2, one);
+    }
+    const __m512 c0 = _mm512_castsi512_ps(_mm512_mask_i32gather_epi64(zero, 0xFF, i0, rows, 8));
+    const __m512 c1 = _mm512_castsi512_ps(_mm512_mask_i32gather_epi64(zero, 0xFF, i1, rows, 8));
+    const __m512 c2 = _mm512_castsi512_ps(_mm512_mask_i32gather_epi64(zero, 0xFF, i2, rows, 8));
+    const __m512 c3 = _mm512_castsi512_ps(_mm512_mask_i32gather_epi64(zero, 0xFF, i3, rows, 8));
+    const __m512 fu = permute_ps(dup, _mm512_maskz_loadu_ps(0xFF, b.fu + j));
+    const __m512 fv = permute_ps(dup, _mm512_maskz_loadu_ps(0xFF, b.fv + j));
+    const __m512 lo = _mm512_add_ps(c0, _mm512_mul_ps(fv, _mm512_sub_ps(c2, c0)));
+    const __m512 hi = _mm512_add_ps(c1, _mm512_mul_ps(fv, _mm512_sub_ps(c3, c1)));
+    _mm512_storeu_ps(dst + 2 * j, _mm512_add_ps(lo, _mm512_mul_ps(fu, _mm512_sub_ps(hi, lo))));
+  }
+  return j;
+}
+
+// Table-gradient backward of points [0, cnt) in steps of 16 (as plane_backward /
+// plane_backward_dense): per point q = (g0 (1-fu), g1 (1-fu), g0 fu, g1 fu), corners
+// (0, 1) get q (1-fv) and corners (2, 3) q fv, computed in vectors, then added to the
+// rows point by point, corner by corner. Returns the points done (a multiple of 16).
+template <bool kHashed, bool kPrefetch>
+ST_X512 int backward_points_f2_x512(const Level& lv, const CellBuf<float>& b, int cnt,
+                                    const CellBuf<float>& nb, int next_cnt, const float* g,
+                                    float* gt) {
+  alignas(64) float low[64], high[64];  // 16 points x 4: corners (0, 1) and (2, 3)
+  const __m512i lane = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  const __m512i gidx = _mm512_set_epi32(7, 6, 7, 6, 5, 4, 5, 4, 3, 2, 3, 2, 1, 0, 1, 0);
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const int64_t s2 = 2 * (static_cast<int64_t>(lv.res) + 1);
+  int j = 0;
+  for (; j + 16 <= cnt; j += 16) {
+    if (kPrefetch) {
+      for (int k = 0; k < 16; ++k) {
+        prefetch_ahead<kHashed>(gt, 2, lv.res + 1, j + k, b, cnt, nb, next_cnt);
+      }
+    }
+    for (int h = 0; h < 4; ++h) {  // 4 points per vector
+      const int q0 = j + 4 * h;
+      const __m512 fu = permute_ps(lane, _mm512_maskz_loadu_ps(0xF, b.fu + q0));
+      const __m512 fv = permute_ps(lane, _mm512_maskz_loadu_ps(0xF, b.fv + q0));
+      const __m512 gg = permute_ps(gidx, _mm512_maskz_loadu_ps(0xFF, g + 2 * q0));
+      const __m512 w = _mm512_mask_blend_ps(0xCCCC, _mm512_sub_ps(one, fu), fu);
+      const __m512 q = _mm512_mul_ps(gg, w);
+      _mm512_store_ps(low + 16 * h, _mm512_mul_ps(q, _mm512_sub_ps(one, fv)));
+      _mm512_store_ps(high + 16 * h, _mm512_mul_ps(q, fv));
+    }
+    for (int k = 0; k < 16; ++k) {
+      const float* a = low + 4 * k;
+      const float* c = high + 4 * k;
+      if (kHashed) {
+        float* r0 = gt + 2 * static_cast<int64_t>(b.r[0][j + k]);
+        float* r1 = gt + 2 * static_cast<int64_t>(b.r[1][j + k]);
+        float* r2 = gt + 2 * static_cast<int64_t>(b.r[2][j + k]);
+        float* r3 = gt + 2 * static_cast<int64_t>(b.r[3][j + k]);
+        r0[0] += a[0];
+        r0[1] += a[1];
+        r1[0] += a[2];
+        r1[1] += a[3];
+        r2[0] += c[0];
+        r2[1] += c[1];
+        r3[0] += c[2];
+        r3[1] += c[3];
+      } else {
+        float* lo = gt + 2 * static_cast<int64_t>(b.r[0][j + k]);
+        float* hi = lo + s2;
+        _mm_storeu_ps(lo, _mm_add_ps(_mm_loadu_ps(lo), _mm_load_ps(a)));
+        _mm_storeu_ps(hi, _mm_add_ps(_mm_loadu_ps(hi), _mm_load_ps(c)));
+      }
+    }
+  }
+  return j;
+}
+
+// Transposes between point-major rows and level-major columns of 8-byte elements (an
+// F = 2 float32 or F = 1 float64 feature vector) in 8 x 8 blocks: 8 points of 8 columns
+// are 8 vector loads, 24 shuffles and 8 vector stores.
+ST_TARGET_AVX512 inline __attribute__((always_inline)) void transpose8x8_q(__m512i* r) {
+  const __m512i lo = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+  const __m512i hi = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+  const __m512i lo2 = _mm512_set_epi64(11, 10, 9, 8, 3, 2, 1, 0);
+  const __m512i hi2 = _mm512_set_epi64(15, 14, 13, 12, 7, 6, 5, 4);
+  __m512i t[8], u[8];
+  for (int k = 0; k < 4; ++k) {
+    t[2 * k] = _mm512_maskz_unpacklo_epi64(0xFF, r[2 * k], r[2 * k + 1]);  // a0 b0 a2 b2 ..
+    t[2 * k + 1] = _mm512_maskz_unpackhi_epi64(0xFF, r[2 * k], r[2 * k + 1]);  // a1 b1 a3 b3 ..
+  }
+  for (int k = 0; k < 2; ++k) {  // rows 4k .. 4k + 3
+    u[4 * k] = _mm512_permutex2var_epi64(t[4 * k], lo, t[4 * k + 2]);          // elements 0, 4
+    u[4 * k + 1] = _mm512_permutex2var_epi64(t[4 * k], hi, t[4 * k + 2]);      // 2, 6
+    u[4 * k + 2] = _mm512_permutex2var_epi64(t[4 * k + 1], lo, t[4 * k + 3]);  // 1, 5
+    u[4 * k + 3] = _mm512_permutex2var_epi64(t[4 * k + 1], hi, t[4 * k + 3]);  // 3, 7
+  }
+  r[0] = _mm512_permutex2var_epi64(u[0], lo2, u[4]);
+  r[4] = _mm512_permutex2var_epi64(u[0], hi2, u[4]);
+  r[2] = _mm512_permutex2var_epi64(u[1], lo2, u[5]);
+  r[6] = _mm512_permutex2var_epi64(u[1], hi2, u[5]);
+  r[1] = _mm512_permutex2var_epi64(u[2], lo2, u[6]);
+  r[5] = _mm512_permutex2var_epi64(u[2], hi2, u[6]);
+  r[3] = _mm512_permutex2var_epi64(u[3], lo2, u[7]);
+  r[7] = _mm512_permutex2var_epi64(u[3], hi2, u[7]);
+}
+
+// rows[j * PL + pl] = cols[pl][j] for j < m.
+ST_X512 void cols_to_rows_q_x512(int PL, int64_t m, const long long* const* cols,
+                                 long long* rows) {
+  int64_t j = 0;
+  for (; j + 8 <= m; j += 8) {
+    for (int pl = 0; pl < PL; pl += 8) {
+      const int nc = std::min(8, PL - pl);
+      __m512i r[8];
+      for (int k = 0; k < 8; ++k) {
+        r[k] = k < nc ? _mm512_loadu_si512(cols[pl + k] + j) : _mm512_setzero_si512();
+      }
+      transpose8x8_q(r);
+      const __mmask8 keep = static_cast<__mmask8>((1u << nc) - 1u);
+      for (int k = 0; k < 8; ++k) _mm512_mask_storeu_epi64(rows + (j + k) * PL + pl, keep, r[k]);
+    }
+  }
+  for (; j < m; ++j) {
+    for (int pl = 0; pl < PL; ++pl) rows[j * PL + pl] = cols[pl][j];
+  }
+}
+
+// cols[pl][j] = rows[j * PL + pl] for j < m.
+ST_X512 void rows_to_cols_q_x512(int PL, int64_t m, const long long* rows,
+                                 long long* const* cols) {
+  int64_t j = 0;
+  for (; j + 8 <= m; j += 8) {
+    for (int pl = 0; pl < PL; pl += 8) {
+      const int nc = std::min(8, PL - pl);
+      const __mmask8 keep = static_cast<__mmask8>((1u << nc) - 1u);
+      __m512i r[8];
+      for (int k = 0; k < 8; ++k) r[k] = _mm512_maskz_loadu_epi64(keep, rows + (j + k) * PL + pl);
+      transpose8x8_q(r);
+      for (int k = 0; k < nc; ++k) _mm512_storeu_si512(cols[pl + k] + j, r[k]);
+    }
+  }
+  for (; j < m; ++j) {
+    for (int pl = 0; pl < PL; ++pl) cols[pl][j] = rows[j * PL + pl];
+  }
+}
+#undef ST_X512
+#endif
+
+// Whether a variant's table passes take the AVX-512 F = 2 paths above.
+template <int kIsa, int FT, typename scalar_t, typename table_t>
+constexpr bool kX512F2 =
+#if defined(ST_X86_VARIANTS)
+    kIsa == kIsaAvx512 && FT == 2 && std::is_same<scalar_t, float>::value &&
+    std::is_same<table_t, float>::value;
+#else
+    false;
+#endif
+
+template <int kIsa, int FT, bool kHashed, bool kPrefetch, typename scalar_t, typename table_t>
 ST_INLINE void forward_points(int F, const Level& lv, const table_t* __restrict t,
                               const CellBuf<scalar_t>& b, int cnt, const CellBuf<scalar_t>& nb,
                               int next_cnt, scalar_t* __restrict dst) {
   const int64_t s = static_cast<int64_t>(lv.res) + 1;
-  for (int j = 0; j < cnt; ++j) {
+  int j = 0;
+#if defined(ST_X86_VARIANTS)
+  if constexpr (kX512F2<kIsa, FT, scalar_t, table_t>) {
+    j = forward_points_f2_x512<kHashed, kPrefetch>(lv, t, b, cnt, nb, next_cnt, dst);
+  }
+#endif
+  for (; j < cnt; ++j) {
     if (kPrefetch) prefetch_ahead<kHashed>(t, F, s, j, b, cnt, nb, next_cnt);
     const table_t* c0 = t + static_cast<int64_t>(b.r[0][j]) * F;
     if (kHashed) {
@@ -244,7 +455,7 @@ ST_INLINE void forward_points(int F, const Level& lv, const table_t* __restrict 
   }
 }
 
-template <int FT, bool kHashed, bool kPrefetch, typename scalar_t, typename table_t>
+template <int kIsa, int FT, bool kHashed, bool kPrefetch, typename scalar_t, typename table_t>
 ST_INLINE void backward_points(int F, const Level& lv, const table_t* __restrict t,
                                const CellBuf<scalar_t>& b, int cnt, const CellBuf<scalar_t>& nb,
                                int next_cnt, const scalar_t* __restrict g,
@@ -252,7 +463,15 @@ ST_INLINE void backward_points(int F, const Level& lv, const table_t* __restrict
                                scalar_t* __restrict gv) {
   const int64_t s = static_cast<int64_t>(lv.res) + 1;
   const scalar_t res = static_cast<scalar_t>(lv.res);
-  for (int j = 0; j < cnt; ++j) {
+  int j = 0;
+#if defined(ST_X86_VARIANTS)
+  if constexpr (kX512F2<kIsa, FT, scalar_t, table_t>) {
+    if (gt != nullptr && gu == nullptr) {
+      j = backward_points_f2_x512<kHashed, kPrefetch>(lv, b, cnt, nb, next_cnt, g, gt);
+    }
+  }
+#endif
+  for (; j < cnt; ++j) {
     if (kPrefetch) prefetch_ahead<kHashed>(gt, F, s, j, b, cnt, nb, next_cnt);
     const int64_t q0 = b.r[0][j];
     const int64_t q1 = kHashed ? b.r[1][j] : q0 + 1;
@@ -348,9 +567,16 @@ ST_INLINE void rows_to_cols_elems(int PL, int64_t m, const Elem<E>* __restrict r
 }
 
 // Rows [m][PL*F] from columns; F-vectors of scalars.
-template <int FT, typename scalar_t>
+template <int kIsa, int FT, typename scalar_t>
 ST_INLINE void cols_to_rows(int F, int PL, int64_t m, scalar_t* const* cols,
                             scalar_t* __restrict rows) {
+#if defined(ST_X86_VARIANTS)
+  if constexpr (kIsa == kIsaAvx512 && sizeof(scalar_t) * FT == 8) {
+    cols_to_rows_q_x512(PL, m, reinterpret_cast<const long long* const*>(cols),
+                        reinterpret_cast<long long*>(rows));
+    return;
+  }
+#endif
   if (FT > 0) {
     constexpr size_t E = sizeof(scalar_t) * (FT > 0 ? FT : 1);
     cols_to_rows_elems<E>(PL, m, reinterpret_cast<const Elem<E>* const*>(cols),
@@ -365,9 +591,16 @@ ST_INLINE void cols_to_rows(int F, int PL, int64_t m, scalar_t* const* cols,
 }
 
 // Columns from rows [m][PL*F].
-template <int FT, typename scalar_t>
+template <int kIsa, int FT, typename scalar_t>
 ST_INLINE void rows_to_cols(int F, int PL, int64_t m, const scalar_t* __restrict rows,
                             scalar_t* const* cols) {
+#if defined(ST_X86_VARIANTS)
+  if constexpr (kIsa == kIsaAvx512 && sizeof(scalar_t) * FT == 8) {
+    rows_to_cols_q_x512(PL, m, reinterpret_cast<const long long*>(rows),
+                        reinterpret_cast<long long* const*>(cols));
+    return;
+  }
+#endif
   if (FT > 0) {
     constexpr size_t E = sizeof(scalar_t) * (FT > 0 ? FT : 1);
     rows_to_cols_elems<E>(PL, m, reinterpret_cast<const Elem<E>*>(rows),
@@ -381,33 +614,33 @@ ST_INLINE void rows_to_cols(int F, int PL, int64_t m, const scalar_t* __restrict
   }
 }
 
-template <int FT, bool kHashed, bool kPrefetch, typename scalar_t, typename table_t>
+template <int kIsa, int FT, bool kHashed, bool kPrefetch, typename scalar_t, typename table_t>
 ST_INLINE void forward_level(int F, const Level& lv, int64_t m, const scalar_t* xu,
                              const scalar_t* xv, CellBuf<scalar_t>* cells, const table_t* t,
                              scalar_t* dst) {
   level_pass<kHashed>(lv, m, xu, xv, cells,
                       [&](int64_t j0, const CellBuf<scalar_t>& b, int cnt,
                           const CellBuf<scalar_t>& nb, int next_cnt) {
-                        forward_points<FT, kHashed, kPrefetch>(F, lv, t, b, cnt, nb, next_cnt,
-                                                               dst + j0 * F);
+                        forward_points<kIsa, FT, kHashed, kPrefetch>(F, lv, t, b, cnt, nb,
+                                                                     next_cnt, dst + j0 * F);
                       });
 }
 
-template <int FT, bool kHashed, bool kPrefetch, typename scalar_t, typename table_t>
+template <int kIsa, int FT, bool kHashed, bool kPrefetch, typename scalar_t, typename table_t>
 ST_INLINE void backward_level(int F, const Level& lv, int64_t m, const scalar_t* xu,
                               const scalar_t* xv, CellBuf<scalar_t>* cells, const table_t* t,
                               const scalar_t* go, scalar_t* gt, scalar_t* gu, scalar_t* gv) {
   level_pass<kHashed>(lv, m, xu, xv, cells,
                       [&](int64_t j0, const CellBuf<scalar_t>& b, int cnt,
                           const CellBuf<scalar_t>& nb, int next_cnt) {
-                        backward_points<FT, kHashed, kPrefetch>(
+                        backward_points<kIsa, FT, kHashed, kPrefetch>(
                             F, lv, t, b, cnt, nb, next_cnt, go + j0 * F, gt,
                             gu ? gu + j0 : nullptr, gv ? gv + j0 : nullptr);
                       });
 }
 
 // One (plane, level) pass of the forward over m points: values to dst [m][F].
-template <int FT, typename scalar_t, typename table_t>
+template <int kIsa, int FT, typename scalar_t, typename table_t>
 ST_INLINE void forward_column(const Call<scalar_t, table_t>& c, int p, int l, int64_t m,
                               const scalar_t* xu, const scalar_t* xv, CellBuf<scalar_t>* cells,
                               scalar_t* dst) {
@@ -418,14 +651,14 @@ ST_INLINE void forward_column(const Call<scalar_t, table_t>& c, int p, int l, in
   const bool pf = level_rows(g, l) * F * static_cast<int64_t>(sizeof(table_t)) >= kPrefetchBytes;
   if (lv.hashed) {
     if (pf) {
-      forward_level<FT, true, true>(F, lv, m, xu, xv, cells, t, dst);
+      forward_level<kIsa, FT, true, true>(F, lv, m, xu, xv, cells, t, dst);
     } else {
-      forward_level<FT, true, false>(F, lv, m, xu, xv, cells, t, dst);
+      forward_level<kIsa, FT, true, false>(F, lv, m, xu, xv, cells, t, dst);
     }
   } else if (pf) {
-    forward_level<FT, false, true>(F, lv, m, xu, xv, cells, t, dst);
+    forward_level<kIsa, FT, false, true>(F, lv, m, xu, xv, cells, t, dst);
   } else {
-    forward_level<FT, false, false>(F, lv, m, xu, xv, cells, t, dst);
+    forward_level<kIsa, FT, false, false>(F, lv, m, xu, xv, cells, t, dst);
   }
 }
 
@@ -454,7 +687,7 @@ Columns columns_of(const Call<scalar_t, table_t>& c) {
 }
 
 // The forward of points [i0, i0 + m) (m <= c.sc), single-threaded.
-template <int FT, typename scalar_t, typename table_t>
+template <int kIsa, int FT, typename scalar_t, typename table_t>
 ST_INLINE void forward_chunk_body(const Call<scalar_t, table_t>& c, int64_t i0, int64_t m) {
   const GridLevels& g = c.g;
   const int F = FT > 0 ? FT : g.n_features, L = g.n_levels, P = c.a.n_planes, PL = P * L;
@@ -469,9 +702,9 @@ ST_INLINE void forward_chunk_body(const Call<scalar_t, table_t>& c, int64_t i0, 
   for (int col = 0; col < PL; ++col) {
     if (!cols.large[col]) continue;
     const int p = col / L;
-    forward_column<FT>(c, p, col % L, m, bufs.xs + c.a.axes[p][0] * c.sc,
-                       bufs.xs + c.a.axes[p][1] * c.sc, bufs.cells,
-                       large + static_cast<int64_t>(cols.slot[col]) * c.sc * F);
+    forward_column<kIsa, FT>(c, p, col % L, m, bufs.xs + c.a.axes[p][0] * c.sc,
+                             bufs.xs + c.a.axes[p][1] * c.sc, bufs.cells,
+                             large + static_cast<int64_t>(cols.slot[col]) * c.sc * F);
   }
   scalar_t* src[kMaxPlanes * kMaxLevels];
   scalar_t* shifted[kMaxPlanes * kMaxLevels];
@@ -484,15 +717,15 @@ ST_INLINE void forward_chunk_body(const Call<scalar_t, table_t>& c, int64_t i0, 
       }
       const int p = col / L;
       src[col] = small + static_cast<int64_t>(cols.slot[col]) * c.sub * F;
-      forward_column<FT>(c, p, col % L, mm, bufs.xs + c.a.axes[p][0] * c.sc + j0,
-                         bufs.xs + c.a.axes[p][1] * c.sc + j0, bufs.cells, src[col]);
+      forward_column<kIsa, FT>(c, p, col % L, mm, bufs.xs + c.a.axes[p][0] * c.sc + j0,
+                               bufs.xs + c.a.axes[p][1] * c.sc + j0, bufs.cells, src[col]);
     }
     // Rows go through a cache-resident buffer of kRowBlock rows and then out with one
     // memcpy each (whole cache lines, which the CPU writes without reading them first).
     for (int64_t r0 = 0; r0 < mm; r0 += kRowBlock) {
       const int64_t rr = std::min<int64_t>(kRowBlock, mm - r0);
       for (int col = 0; col < PL; ++col) shifted[col] = src[col] + r0 * F;
-      cols_to_rows<FT>(F, PL, rr, shifted, bufs.rows);
+      cols_to_rows<kIsa, FT>(F, PL, rr, shifted, bufs.rows);
       std::memcpy(c.out + (i0 + j0 + r0) * PL * F, bufs.rows, sizeof(scalar_t) * rr * PL * F);
     }
   }
@@ -501,7 +734,7 @@ ST_INLINE void forward_chunk_body(const Call<scalar_t, table_t>& c, int64_t i0, 
 // The backward of column `col` over m points whose grad_out is go [m][F] and whose
 // clamped coordinates are xu, xv; adds to the table gradient (zeroing the level's rows
 // first when `zero`) and to the input gradient gu, gv [m] (when c.grad_x).
-template <int FT, typename scalar_t, typename table_t>
+template <int kIsa, int FT, typename scalar_t, typename table_t>
 ST_INLINE void backward_column_body(const Call<scalar_t, table_t>& c, int col, int64_t m,
                                     const scalar_t* xu, const scalar_t* xv, const scalar_t* go,
                                     scalar_t* gu, scalar_t* gv, bool zero,
@@ -519,14 +752,14 @@ ST_INLINE void backward_column_body(const Call<scalar_t, table_t>& c, int col, i
   const bool pf = gt != nullptr && rows * F * static_cast<int64_t>(sizeof(scalar_t)) >= kPrefetchBytes;
   if (lv.hashed) {
     if (pf) {
-      backward_level<FT, true, true>(F, lv, m, xu, xv, cells, t, go, gt, gu, gv);
+      backward_level<kIsa, FT, true, true>(F, lv, m, xu, xv, cells, t, go, gt, gu, gv);
     } else {
-      backward_level<FT, true, false>(F, lv, m, xu, xv, cells, t, go, gt, gu, gv);
+      backward_level<kIsa, FT, true, false>(F, lv, m, xu, xv, cells, t, go, gt, gu, gv);
     }
   } else if (pf) {
-    backward_level<FT, false, true>(F, lv, m, xu, xv, cells, t, go, gt, gu, gv);
+    backward_level<kIsa, FT, false, true>(F, lv, m, xu, xv, cells, t, go, gt, gu, gv);
   } else {
-    backward_level<FT, false, false>(F, lv, m, xu, xv, cells, t, go, gt, gu, gv);
+    backward_level<kIsa, FT, false, false>(F, lv, m, xu, xv, cells, t, go, gt, gu, gv);
   }
 }
 
@@ -541,22 +774,22 @@ struct Kernels {
                           CellBuf<scalar_t>*);
 };
 
-#define ST_PLANE_VARIANT(NAME, ATTR)                                                          \
+#define ST_PLANE_VARIANT(NAME, ATTR, ISA)                                                     \
   template <int FT, typename scalar_t, typename table_t>                                     \
   ATTR void forward_chunk_##NAME(const Call<scalar_t, table_t>& c, int64_t i0, int64_t m) {  \
-    forward_chunk_body<FT>(c, i0, m);                                                         \
+    forward_chunk_body<ISA, FT>(c, i0, m);                                                    \
   }                                                                                           \
   template <int FT, typename scalar_t>                                                        \
   ATTR void rows_to_cols_##NAME(int F, int PL, int64_t m, const scalar_t* rows,               \
                                 scalar_t* const* cols) {                                      \
-    rows_to_cols<FT>(F, PL, m, rows, cols);                                                   \
+    rows_to_cols<ISA, FT>(F, PL, m, rows, cols);                                              \
   }                                                                                           \
   template <int FT, typename scalar_t, typename table_t>                                     \
   ATTR void backward_column_##NAME(const Call<scalar_t, table_t>& c, int col, int64_t m,     \
                                    const scalar_t* xu, const scalar_t* xv,                   \
                                    const scalar_t* go, scalar_t* gu, scalar_t* gv, bool zero, \
                                    CellBuf<scalar_t>* cells) {                                \
-    backward_column_body<FT>(c, col, m, xu, xv, go, gu, gv, zero, cells);                     \
+    backward_column_body<ISA, FT>(c, col, m, xu, xv, go, gu, gv, zero, cells);                \
   }                                                                                           \
   template <int FT, typename scalar_t, typename table_t>                                     \
   Kernels<scalar_t, table_t> kernels_##NAME() {                                               \
@@ -564,10 +797,10 @@ struct Kernels {
             &backward_column_##NAME<FT, scalar_t, table_t>};                                  \
   }
 
-ST_PLANE_VARIANT(base, )
+ST_PLANE_VARIANT(base, , kIsaBase)
 #if defined(ST_X86_VARIANTS)
-ST_PLANE_VARIANT(avx2, ST_TARGET_AVX2)
-ST_PLANE_VARIANT(avx512, ST_TARGET_AVX512)
+ST_PLANE_VARIANT(avx2, ST_TARGET_AVX2, kIsaBase)  // the scalar table passes, auto-vectorised
+ST_PLANE_VARIANT(avx512, ST_TARGET_AVX512, kIsaAvx512)
 #endif
 #undef ST_PLANE_VARIANT
 

@@ -42,11 +42,13 @@ struct Candidates {
 // The candidates of one hitting ray: their intervals and positions, cells (idx) and
 // whether each interval is non-empty (ok), in a loop over the candidates that g++
 // vectorises (the step fractions are precomputed, the same values march_step gives).
+// inv_ext (box extents that are powers of two, see cell_index_pow2) or nullptr.
 template <bool kPerturb, typename index_t, typename scalar_t>
 ST_INLINE void candidates_body(const MarchParams& mp, const RayView<scalar_t>& v,
-                               const scalar_t* __restrict steps, index_t* __restrict idx,
-                               int32_t* __restrict ok, scalar_t* __restrict t0s,
-                               scalar_t* __restrict t1s, scalar_t* __restrict tps) {
+                               const scalar_t* __restrict steps, const scalar_t* inv_ext,
+                               index_t* __restrict idx, int32_t* __restrict ok,
+                               scalar_t* __restrict t0s, scalar_t* __restrict t1s,
+                               scalar_t* __restrict tps) {
   const int K = mp.n_steps, R = mp.grid_res;
   const scalar_t span = sub_rn(v.t_far, v.t_near);
   const scalar_t* __restrict noise = v.noise;
@@ -56,6 +58,21 @@ ST_INLINE void candidates_body(const MarchParams& mp, const RayView<scalar_t>& v
                            kPerturb ? noise[k] : scalar_t(0), t0s + k, t1s + k, tps + k);
       ok[k] = t1s[k] > t0s[k] ? 1 : 0;
       idx[k] = index_t(0);
+    }
+    return;
+  }
+  if (inv_ext != nullptr) {
+    const scalar_t inv[3] = {inv_ext[0], inv_ext[1], inv_ext[2]};
+#pragma GCC ivdep
+    for (int k = 0; k < K; ++k) {
+      scalar_t t0, t1, tp;
+      candidate_from_steps(kPerturb, v.t_near, span, steps[k], steps[k + 1],
+                           kPerturb ? noise[k] : scalar_t(0), &t0, &t1, &tp);
+      t0s[k] = t0;
+      t1s[k] = t1;
+      tps[k] = tp;
+      ok[k] = t1 > t0 ? 1 : 0;
+      idx[k] = cell_index_pow2<scalar_t, index_t>(R, v.lo, inv, v.o, v.d, tp);
     }
     return;
   }
@@ -74,14 +91,15 @@ ST_INLINE void candidates_body(const MarchParams& mp, const RayView<scalar_t>& v
 
 template <typename index_t, typename scalar_t>
 using CandidatesFn = void (*)(const MarchParams&, const RayView<scalar_t>&, const scalar_t*,
-                              index_t*, int32_t*, scalar_t*, scalar_t*, scalar_t*);
+                              const scalar_t*, index_t*, int32_t*, scalar_t*, scalar_t*,
+                              scalar_t*);
 
 #define ST_MARCH_VARIANT(NAME, ATTR)                                                        \
   template <bool kPerturb, typename index_t, typename scalar_t>                             \
   ATTR void candidates_##NAME(const MarchParams& mp, const RayView<scalar_t>& v,            \
-                              const scalar_t* steps, index_t* idx, int32_t* ok,             \
-                              scalar_t* t0s, scalar_t* t1s, scalar_t* tps) {                \
-    candidates_body<kPerturb>(mp, v, steps, idx, ok, t0s, t1s, tps);                        \
+                              const scalar_t* steps, const scalar_t* inv_ext, index_t* idx, \
+                              int32_t* ok, scalar_t* t0s, scalar_t* t1s, scalar_t* tps) {   \
+    candidates_body<kPerturb>(mp, v, steps, inv_ext, idx, ok, t0s, t1s, tps);               \
   }
 ST_MARCH_VARIANT(base, )
 #if defined(ST_X86_VARIANTS)
@@ -118,6 +136,16 @@ void count_rays(const MarchParams& mp, const scalar_t* rays_o, const scalar_t* r
   const int K = mp.n_steps;
   const CandidatesFn<index_t, scalar_t> candidates =
       mp.perturb ? candidates_fn<true, index_t, scalar_t>() : candidates_fn<false, index_t, scalar_t>();
+  // Box extents that are powers of two (the head box's are) turn the cell divisions
+  // into exact multiplications.
+  scalar_t inv_ext[3];
+  bool pow2 = true;
+  for (int a = 0; a < 3; ++a) {
+    const scalar_t ext = sub_rn(aabb[3 + a], aabb[a]);
+    pow2 = pow2 && is_pow2(ext);
+    inv_ext[a] = scalar_t(1) / ext;
+  }
+  const scalar_t* inv = pow2 ? inv_ext : nullptr;
 #pragma omp parallel if (worth_parallel(mp.n_rays * mp.n_steps))
   {
     Candidates<index_t, scalar_t> c(K);
@@ -129,7 +157,7 @@ void count_rays(const MarchParams& mp, const scalar_t* rays_o, const scalar_t* r
         counts[r] = 0;
         continue;
       }
-      candidates(mp, v, steps, c.idx.data(), c.ok.data(), c.t[0].data(), c.t[1].data(),
+      candidates(mp, v, steps, inv, c.idx.data(), c.ok.data(), c.t[0].data(), c.t[1].data(),
                  c.t[2].data());
       int64_t count = 0;
       // No branches: the cells are always inside the grid.

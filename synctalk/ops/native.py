@@ -38,6 +38,10 @@ torch reference, see each op's docstring):
   are normally constants). ``composite`` returns gradients for ``sigmas``, ``rgbs``,
   ``extras`` and ``bg`` (not for the sample intervals), first order only.
 * CUDA tensors with a CPU-only build run the torch reference (with a one-time warning).
+* Large CPU outputs of the grid encodings (≥ 1 MB: the features, the table gradient) come
+  from a cache of freed buffers kept by the extension (at most 8 buffers and
+  ``$SYNCTALK_NATIVE_BUFFER_CACHE_MB``, default 256 MB; 0 turns it off), so a training
+  step does not page-fault fresh memory for them (``cuda_ext/README.md``).
 """
 from __future__ import annotations
 
@@ -66,7 +70,7 @@ log = logging.getLogger(__name__)
 
 #: Version of the binding interface; part of the build tag so a changed Python side never
 #: loads an old library.
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 #: C++ flags of the CPU build: no fused multiply-add contraction, so sample positions
 #: round exactly like the torch reference; no floating-point trap semantics (results are
@@ -227,6 +231,9 @@ def load(*, force: bool = False, verbose: bool = False) -> ModuleType:
             message says why and what to do.
     """
     global _MODULE, _ERROR
+    module = _MODULE
+    if module is not None and not force:  # the common case, without the lock
+        return module
     with _LOCK:
         if _MODULE is not None and not force:
             return _MODULE
@@ -335,6 +342,16 @@ def _prep(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     if t is None or (t.dtype == dtype and t.is_contiguous()):
         return t
     return t.to(dtype).contiguous()
+
+
+def _plain_f32(*tensors: Tensor | None) -> bool:
+    """Whether every given tensor (None skipped) is contiguous float32 on the CPU — what
+    training passes, needing no conversion: the ops then skip the general checks (the
+    bindings still check every tensor)."""
+    for t in tensors:
+        if t is not None and (t.dtype is not torch.float32 or not t.is_cpu or not t.is_contiguous()):
+            return False
+    return True
 
 
 def _cuda_unsupported(device: torch.device) -> bool:
@@ -464,11 +481,16 @@ def march_rays(rays_o: Tensor, rays_d: Tensor, t_near: Tensor, t_far: Tensor, oc
     ``torch.rand((N, n_samples), generator=generator)``, and handed to the kernel)."""
     from synctalk.ops.raymarch import _march_rays_torch
 
-    dtype = _ray_dtype("march_rays", rays_o, rays_d, t_near=t_near, t_far=t_far)
-    device = _same_device("march_rays", rays_o=rays_o, rays_d=rays_d, t_near=t_near, t_far=t_far,
-                          occupied=occupied)
-    if _rays_need_grad(rays_o, rays_d, t_near, t_far) or _cuda_unsupported(device):
-        return _march_rays_torch(rays_o, rays_d, t_near, t_far, occupied, aabb, n_samples, perturb, generator)
+    if (_plain_f32(rays_o, rays_d, t_near, t_far, aabb) and (occupied is None or occupied.is_cpu)
+            and not _rays_need_grad(rays_o, rays_d, t_near, t_far)):
+        dtype, device = torch.float32, rays_o.device  # the training case: nothing to convert
+    else:
+        dtype = _ray_dtype("march_rays", rays_o, rays_d, t_near=t_near, t_far=t_far)
+        device = _same_device("march_rays", rays_o=rays_o, rays_d=rays_d, t_near=t_near, t_far=t_far,
+                              occupied=occupied)
+        if _rays_need_grad(rays_o, rays_d, t_near, t_far) or _cuda_unsupported(device):
+            return _march_rays_torch(rays_o, rays_d, t_near, t_far, occupied, aabb, n_samples, perturb,
+                                     generator)
     N = rays_o.shape[0]
     noise = None
     if perturb:
@@ -491,48 +513,6 @@ def march_rays(rays_o: Tensor, rays_d: Tensor, t_near: Tensor, t_far: Tensor, oc
 # compositing
 
 
-class _CompositeFn(torch.autograd.Function):
-    """Autograd wrapper of the compositing kernels.
-
-    ``(sigmas [S], rgbs [S,C], t_starts [S], t_ends [S], offsets [N], counts [N],
-    extras [S,K] | None, bg [N,C] | None) -> (weights, transmittance, alphas [S],
-    opacity, depth [N], color [N,C], extras [N,K])``. The forward also keeps
-    ``exp(-sigma·delta) [S]`` for the backward (which then evaluates no exponential).
-    """
-
-    @staticmethod
-    def forward(ctx, sigmas, rgbs, t_starts, t_ends, offsets, counts, extras, bg):
-        outs = load().composite_forward(sigmas, rgbs, t_starts, t_ends, offsets, counts, extras, bg)
-        weights, trans, _alphas, opacity = outs[:4]
-        # Differentiable inputs and outputs through save_for_backward (version checks, no
-        # reference cycles); the non-differentiable packing and exp(-s) (not an output)
-        # directly on ctx, which is cheaper to unpack.
-        ctx.save_for_backward(sigmas, rgbs, extras, bg, weights, trans, opacity)
-        ctx.packing = (t_starts, t_ends, offsets, counts)
-        ctx.expneg = outs[7]
-        ctx.set_materialize_grads(False)
-        return tuple(outs[:7])
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_weights, g_trans, g_alphas, g_opacity, g_depth, g_color, g_extras):
-        sigmas, rgbs, extras, bg, weights, trans, opacity = ctx.saved_tensors
-        t_starts, t_ends, offsets, counts = ctx.packing
-        dtype = sigmas.dtype
-        N, C = offsets.shape[0], rgbs.shape[1]
-        K = extras.shape[1] if extras is not None else 0
-        g_opacity = sigmas.new_zeros(N) if g_opacity is None else _prep(g_opacity, dtype)
-        g_depth = sigmas.new_zeros(N) if g_depth is None else _prep(g_depth, dtype)
-        g_color = sigmas.new_zeros((N, C)) if g_color is None else _prep(g_color, dtype)
-        g_extras = sigmas.new_zeros((N, K)) if g_extras is None else _prep(g_extras, dtype)
-        grad_sigmas, grad_rgbs, grad_extras, grad_bg = load().composite_backward(
-            sigmas, rgbs, t_starts, t_ends, offsets, counts, extras, bg, weights, trans, ctx.expneg, opacity,
-            _prep(g_weights, dtype), _prep(g_trans, dtype), _prep(g_alphas, dtype), g_opacity, g_depth, g_color,
-            g_extras)
-        return (grad_sigmas, grad_rgbs, None, None, None, None,
-                grad_extras if extras is not None else None, grad_bg if bg is not None else None)
-
-
 def _check_packing(samples: PackedSamples, device: torch.device) -> None:
     """Offsets/counts must describe contiguous per-ray runs inside the S samples (the
     kernels index with them); checked on CPU tensors, where it costs no device sync."""
@@ -549,8 +529,28 @@ def _check_packing(samples: PackedSamples, device: torch.device) -> None:
 def composite(sigmas: Tensor, rgbs: Tensor, samples: PackedSamples, extras: Tensor | None,
               bg: Tensor | None) -> dict[str, Tensor]:
     """Native :func:`synctalk.ops.composite` (same keys and values, differentiable w.r.t.
-    ``sigmas``, ``rgbs``, ``extras`` and ``bg``)."""
+    ``sigmas``, ``rgbs``, ``extras`` and ``bg``, first order: the autograd function is the
+    extension's ``composite``, in C++)."""
     from synctalk.ops.composite import _composite_torch
+
+    offsets, counts = samples.offsets, samples.counts
+    if (_plain_f32(sigmas, rgbs, extras, bg, samples.t_starts, samples.t_ends)
+            and (bg is None or bg.dim() == 2) and offsets.dtype is torch.int64
+            and counts.dtype is torch.int64 and offsets.is_cpu and counts.is_cpu
+            and offsets.is_contiguous() and counts.is_contiguous()):
+        # The training case (float32 CPU tensors): no conversions, only the packing check.
+        N = samples.n_rays
+        if offsets.shape != (N,) or counts.shape != (N,):
+            _check_packing(samples, offsets.device)  # raises the shape error
+        if N and not load().packing_ok(offsets, counts, samples.n_samples):
+            raise InputError("composite: samples.offsets/counts point outside the packed samples")
+        weights, trans, alphas, opacity, depth, color, extras_out = load().composite(
+            sigmas, rgbs, samples.t_starts, samples.t_ends, offsets, counts, extras, bg)
+        result = {"weights": weights, "transmittance": trans, "alphas": alphas, "opacity": opacity,
+                  "depth": depth, "color": color}
+        if extras is not None:
+            result["extras"] = extras_out
+        return result
 
     op = "composite"
     _require_float(op, sigmas=sigmas, rgbs=rgbs, extras=extras, bg=bg)
@@ -565,7 +565,7 @@ def composite(sigmas: Tensor, rgbs: Tensor, samples: PackedSamples, extras: Tens
     N, C = samples.n_rays, rgbs.shape[1]
     if bg is not None and bg.dim() == 1:
         bg = bg.expand(N, C)
-    outs = _CompositeFn.apply(
+    outs = load().composite(
         _prep(sigmas, dtype), _prep(rgbs, dtype), _prep(samples.t_starts, dtype), _prep(samples.t_ends, dtype),
         _prep(samples.offsets, torch.int64), _prep(samples.counts, torch.int64), _prep(extras, dtype),
         _prep(bg, dtype))

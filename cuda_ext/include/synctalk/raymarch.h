@@ -105,6 +105,30 @@ ST_HD index_t cell_index(int R, const scalar_t* lo, const scalar_t* hi, const sc
   return index;
 }
 
+// Whether the extent x (= hi - lo of a box axis) is a power of two.
+template <typename scalar_t>
+ST_HD bool is_pow2(scalar_t x) {
+  int e = 0;
+  return x > scalar_t(0) && frexp(x, &e) == scalar_t(0.5);
+}
+
+// cell_index for a box whose extents are powers of two, with inv_ext[a] = 1 / (hi - lo):
+// (p - lo) / ext and (p - lo) * (1 / ext) are then the correctly rounded values of the
+// same real number (1 / ext is exact), so the result is cell_index's, bit for bit,
+// without the divisions.
+template <typename scalar_t, typename index_t = int64_t>
+ST_HD index_t cell_index_pow2(int R, const scalar_t* lo, const scalar_t* inv_ext,
+                              const scalar_t* o, const scalar_t* d, scalar_t t) {
+  index_t index = 0;
+  for (int a = 0; a < 3; ++a) {
+    const scalar_t p = add_rn(o[a], mul_rn(t, d[a]));
+    const scalar_t unit = mul_rn(sub_rn(p, lo[a]), inv_ext[a]);
+    index = index * static_cast<index_t>(R) +
+            cell_of<index_t>(mul_rn(unit, static_cast<scalar_t>(R)), R);
+  }
+  return index;
+}
+
 // One ray's view of the marching inputs.
 template <typename scalar_t>
 struct RayView {
