@@ -42,21 +42,9 @@ def nerf_subject(tmp_path_factory, face_landmarker_path) -> Path:
     """A tiny prepared subject for the NeRF tests: a 6 s synthetic clip at 160² prepped to 128²,
     with a random-weight slim AVE as its audio encoder (no encoder training). Made once per
     session; tests must not modify it (copy it first)."""
-    import torch
+    from synctalk.bench.train import build_synthetic_subject
 
-    from data_prep.pipeline import PrepOptions, prep
-    from synctalk.audio.ave import AVE, save_ave
-    from synctalk.synth.generate import SynthOptions, generate
-
-    root = tmp_path_factory.mktemp("nerf_subject")
-    generate(root / "synth", SynthOptions(seconds=6, size=160, seed=1))
-    ave_path = root / "ave_random.pt"
-    with torch.random.fork_rng(devices=[]):
-        save_ave(ave_path, AVE(seed=0, width=0.125), {"inputs": {"face": "clip", "mel": "clip"}},
-                 with_face=False)
-    prep(root / "synth" / "clip.mp4", root / "subject",
-         PrepOptions(size=128, face_landmarker=str(face_landmarker_path), ave=str(ave_path)))
-    return root / "subject"
+    return build_synthetic_subject(tmp_path_factory.mktemp("nerf_subject"), face_landmarker_path)
 
 
 @pytest.fixture(scope="session")

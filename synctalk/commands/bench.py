@@ -11,7 +11,7 @@ import importlib
 from synctalk.cli import group_parser_kwargs
 
 #: Modules under ``synctalk.bench`` registered as ``synctalk bench NAME``.
-BENCH_MODULES: tuple[str, ...] = ("prep", "ave", "ops", "render")
+BENCH_MODULES: tuple[str, ...] = ("prep", "ave", "ops", "render", "train")
 
 
 def register(subparsers) -> None:

@@ -514,6 +514,34 @@ class Trainer:
             self.model.torso_trained.fill_(True)
         return False
 
+    # ------------------------------------------------------------------ single steps (benchmarks)
+    def step(self, stage: str) -> dict:
+        """One training step of ``stage`` outside :meth:`run` (``synctalk bench train``): the
+        optimiser (made on first use or a stage change, as :meth:`run` does), the learning
+        rate of the stage's next step and the step itself — no occupancy update, logging,
+        validation, checkpoint or time budget. Returns the step's stats (``loss``, ``psnr``,
+        ``rays``, ...)."""
+        if stage not in STAGES:
+            raise InputError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        if stage != self.stage:
+            self.stage = stage
+            if not (stage == "lip" and self.optimizer is not None):
+                self.optimizer = None
+        if self.optimizer is None:
+            self.optimizer = self._make_optimizer(stage)
+        self.model.train()
+        with torch_threads(self.threads):
+            self._set_lr(stage, self.plan[stage].done)
+            stats = self._step(stage)
+        self.plan[stage].done += 1
+        self.global_step += 1
+        return stats
+
+    def update_occupancy(self) -> dict:
+        """One occupancy-grid update, as :meth:`run` makes every ``occ_update_every`` steps."""
+        with torch_threads(self.threads):
+            return self._update_occupancy()
+
     # ------------------------------------------------------------------ one step
     def _conditioning(self, batch: RayBatch):
         frames_u, inv = torch.unique(batch.frame, return_inverse=True)
