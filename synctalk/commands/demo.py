@@ -200,6 +200,9 @@ def run(args) -> int:
           f"(total demo budget {args.minutes:g} min)", flush=True)
     with atomic_dir(model_dir) as tmp:
         res = train(subject, tmp, cfg, device=args.device, progress=True)
+        # the trainer recorded where it wrote; the model ends up at model_dir
+        res.model_dir = str(model_dir)
+        write_json_atomic(tmp / "summary.json", res.to_dict())
     val = res.val
     done = ", ".join(f"{s} {p['done']}" for s, p in res.stages.items())
     stage(4, "train", time.perf_counter() - t,

@@ -80,7 +80,7 @@ def render_rays(field: HeadField, occ: OccupancyGrid, rays_o: torch.Tensor, rays
     n_rays = len(rays_o)
     aabb = torch.tensor(AABB, device=device, dtype=rays_o.dtype)
     with _timed(timings, "march", device):
-        t_near, t_far = ray_aabb(rays_o, rays_d, aabb)
+        t_near, t_far = ray_aabb(rays_o, rays_d, aabb, backend=backend)
         hit = t_far > t_near
         hit_idx = hit.nonzero()[:, 0]
         o, d = rays_o[hit_idx], rays_d[hit_idx]
