@@ -63,6 +63,7 @@ def test_steps_json_backends_and_ratios(nerf_subject, native, capsys, tmp_path):
             assert 0 < e["step_ms"]["min"] <= e["step_ms"]["median"] and e["cpu_ms"]["median"] > 0
             assert e["step_ms"]["min"] <= min(e["step_ms"]["median_first_half"], e["step_ms"]["median_second_half"])
             assert e["samples_per_ray"] > 0 and e["psnr"] > 0
+            assert e["rays_per_s"] == pytest.approx(256 / (e["step_ms"]["median"] / 1e3), rel=1e-3)
             # every step ran the hot ops on its own backend, and none on the other one
             other = "torch" if b == "native" else "native"
             for op in STEP_OPS:
@@ -152,3 +153,12 @@ def test_bad_arguments_are_input_errors(tmp_path):
         run_parity(tmp_path, iters=0)
     with pytest.raises(InputError, match="not a directory"):
         run_bench(tmp_path / "missing", backends=["torch"])
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert main(["bench", "train", "--device", "cuda", "--subject", ".", "--json"]) == 2
+    assert "--device cuda" in capsys.readouterr().err

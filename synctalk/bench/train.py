@@ -170,6 +170,7 @@ def register(actions) -> None:
     p.add_argument("--face-landmarker", default=None,
                    help="face_landmarker.task for building the synthetic subject (default: the "
                         "shared copy, else resolved)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (a CUDA device synchronises around each step)")
     p.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     p.set_defaults(func=_main)
@@ -184,7 +185,7 @@ def _main(args) -> int:
 
     common = dict(subject=args.subject, preset=args.preset, backends=_csv(args.backends),
                   threads=args.threads, seed=args.seed, size=args.size, rays=args.rays,
-                  work_dir=args.work_dir, face_landmarker=args.face_landmarker)
+                  work_dir=args.work_dir, face_landmarker=args.face_landmarker, device=args.device)
     if args.parity is not None:
         result = run_parity(iters=args.parity, **common)
     else:
@@ -325,12 +326,31 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def _machine() -> dict:
+def _device(device: str):
+    """The torch device, checked (a clear error when CUDA is asked for but absent)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: this torch has no CUDA device; use --device cpu.")
+    return dev
+
+
+def _sync(dev) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _machine(dev=None) -> dict:
     import torch
 
     from synctalk.ops.native import native_status
 
-    return {"device": "cpu", "device_name": platform.processor() or platform.machine(),
+    cuda = dev is not None and dev.type == "cuda"
+    return {"device": dev.type if dev is not None else "cpu",
+            "device_name": torch.cuda.get_device_name(dev) if cuda else platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "native": native_status()["detail"]}
 
 
@@ -366,7 +386,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def run_bench(subject=None, *, preset: str = "demo", backends=("torch", "native"),
               stages=TIMED_STAGES, warmup: int = 40, repeats: int = 20, threads: int | None = None,
               seed: int | None = None, size: int | None = None, rays: int | None = None,
-              work_dir=None, face_landmarker=None, overrides: dict | None = None) -> dict:
+              work_dir=None, face_landmarker=None, overrides: dict | None = None,
+              device: str = "cpu") -> dict:
     """Time training steps of every backend (module docstring); returns the JSON-ready result.
 
     Args:
@@ -382,11 +403,12 @@ def run_bench(subject=None, *, preset: str = "demo", backends=("torch", "native"
     if repeats < 1 or warmup < 0:
         raise InputError("--repeats must be ≥ 1 and --warmup ≥ 0")
     names = _check_backends(list(backends))
+    dev = _device(device)
     subject, kind = _resolve_subject(subject, face_landmarker)
     cfg = _config(preset, subject, seed=seed, size=size, rays=rays, overrides=overrides)
     wall0, cpu0, load0 = time.perf_counter(), time.process_time(), _load()
     result: dict = {"bench": "train", "mode": "steps", "preset": preset, "subject": str(subject),
-                    "subject_kind": kind, **_machine(), "backends": names, "warmup": warmup,
+                    "subject_kind": kind, **_machine(dev), "backends": names, "warmup": warmup,
                     "repeats": repeats, "config": _config_json(cfg)}
     counter = OpCallCounter()
     with _work_dir(work_dir) as work, counter.active():
@@ -395,24 +417,27 @@ def run_bench(subject=None, *, preset: str = "demo", backends=("torch", "native"
         for b in names:
             t = time.perf_counter()
             trainers[b] = Trainer(subject, _fresh(work, f"model_{b}"), cfg, backend=b, progress=False,
-                                  threads=threads)
+                                  threads=threads, device=device)
             setup_s[b] = round(time.perf_counter() - t, 2)
         result["threads"] = trainers[names[0]].threads
         result["setup_s"] = setup_s
-        result["stages"] = {s: _time_stage(s, trainers, counter, warmup, repeats) for s in stages}
+        result["stages"] = {s: _time_stage(s, trainers, counter, warmup, repeats, dev) for s in stages}
     result["process_cpu_s"] = round(time.process_time() - cpu0, 2)
     result["wall_s"] = round(time.perf_counter() - wall0, 2)
     result["load_avg_1min"] = {"start": load0, "end": _load()}
     return result
 
 
-def _time_stage(stage: str, trainers: dict, counter: OpCallCounter, warmup: int, repeats: int) -> dict:
+def _time_stage(stage: str, trainers: dict, counter: OpCallCounter, warmup: int, repeats: int,
+                dev=None) -> dict:
     names = list(trainers)
     every = {b: tr.cfg.occ_update_every for b, tr in trainers.items()}
     for b, tr in trainers.items():
         for _ in range(warmup):
             tr.step(stage)
         tr.update_occupancy()  # the timed steps march a pruned grid, as after occ_warmup
+    if dev is not None:
+        _sync(dev)
     wall = {b: [] for b in names}
     cpu = {b: [] for b in names}
     occ = {b: [] for b in names}
@@ -424,6 +449,8 @@ def _time_stage(stage: str, trainers: dict, counter: OpCallCounter, warmup: int,
             before = counter.snapshot()
             t0, c0 = time.perf_counter(), time.process_time()
             stats = tr.step(stage)
+            if dev is not None:
+                _sync(dev)
             wall[b].append((time.perf_counter() - t0) * 1e3)
             cpu[b].append((time.process_time() - c0) * 1e3)
             _add_counts(calls[b], counter.since(before))
@@ -443,6 +470,7 @@ def _time_stage(stage: str, trainers: dict, counter: OpCallCounter, warmup: int,
             "occupancy_update_ms": occ_ms,
             "occupancy_updates": len(occ[b]),
             "amortized_step_ms": round(step["median"] + (occ_ms or 0.0) / every[b], 3),
+            "rays_per_s": round(trainers[b].cfg.rays_per_step / (step["median"] / 1e3), 1),
             **{k: round(v, 4) for k, v in stats_acc[b].items()},
             "op_calls": calls[b],
         }
@@ -472,7 +500,7 @@ def _split_iters(cfg, iters: int) -> dict[str, int]:
 def run_parity(subject=None, *, iters: int, preset: str = "demo", backends=("torch", "native"),
                threads: int | None = None, seed: int | None = None, size: int | None = None,
                rays: int | None = None, work_dir=None, face_landmarker=None,
-               overrides: dict | None = None) -> dict:
+               overrides: dict | None = None, device: str = "cpu") -> dict:
     """Train ``iters`` steps with each backend and compare the final val PSNRs (module
     docstring); returns the JSON-ready result."""
     from synctalk.nerf.trainer import train
@@ -480,6 +508,7 @@ def run_parity(subject=None, *, iters: int, preset: str = "demo", backends=("tor
     if iters < 1:
         raise InputError(f"--parity needs a positive number of steps, got {iters}")
     names = _check_backends(list(backends))
+    dev = _device(device)
     subject, kind = _resolve_subject(subject, face_landmarker)
     base = _config(preset, subject, seed=seed, size=size, rays=rays, overrides=None)
     split = _split_iters(base, iters)
@@ -488,7 +517,7 @@ def run_parity(subject=None, *, iters: int, preset: str = "demo", backends=("tor
     cfg = base.replace(**changes)
     wall0, cpu0, load0 = time.perf_counter(), time.process_time(), _load()
     result: dict = {"bench": "train", "mode": "parity", "preset": preset, "subject": str(subject),
-                    "subject_kind": kind, **_machine(), "backends": names, "iters": iters,
+                    "subject_kind": kind, **_machine(dev), "backends": names, "iters": iters,
                     "stages": {s: getattr(cfg, f"{s}_iters") for s in ("head", "lip", "torso")},
                     "config": _config_json(cfg), "runs": {}}
     counter = OpCallCounter()
@@ -496,7 +525,8 @@ def run_parity(subject=None, *, iters: int, preset: str = "demo", backends=("tor
         for b in names:
             before = counter.snapshot()
             t, c, load = time.perf_counter(), time.process_time(), _load()
-            res = train(subject, _fresh(work, f"model_{b}"), cfg, backend=b, progress=False, threads=threads)
+            res = train(subject, _fresh(work, f"model_{b}"), cfg, backend=b, progress=False, threads=threads,
+                        device=device)
             result["runs"][b] = {
                 "steps": res.steps, "val_psnr": round(res.val["val_psnr"], 4),
                 "val_psnr_face": round(res.val["val_psnr_face"], 4),
