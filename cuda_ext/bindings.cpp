@@ -798,6 +798,18 @@ at::Tensor pack_bitfield(const at::Tensor& cells) {
   return bits;
 }
 
+at::Tensor dilate_grid(const at::Tensor& cells, int64_t radius) {
+  check_float(cells, "cells", at::kBool, cells.device());
+  TORCH_CHECK(cells.dim() == 3, "dilate_grid: cells must be [X, Y, Z]");
+  TORCH_CHECK(radius >= 0, "dilate_grid: radius must be >= 0");
+  auto out = at::empty_like(cells);
+  if (cells.numel() > 0)
+    ST_DISPATCH_DEVICE(cells.device(), dilate_grid, cells.size(0), cells.size(1), cells.size(2),
+                       radius, reinterpret_cast<const uint8_t*>(cells.data_ptr<bool>()),
+                       reinterpret_cast<uint8_t*>(out.data_ptr<bool>()));
+  return out;
+}
+
 at::Tensor unpack_bitfield(const at::Tensor& bits, int64_t n_cells) {
   check_float(bits, "bits", at::kByte, bits.device());
   TORCH_CHECK(n_cells >= 0 && n_cells <= 8 * bits.numel(), "n_cells out of range");
@@ -859,6 +871,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("morton3_decode", &morton3_decode);
   m.def("pack_bitfield", &pack_bitfield);
   m.def("unpack_bitfield", &unpack_bitfield);
+  m.def("dilate_grid", &dilate_grid);
   m.def("cpu_isa", &cpu_isa);
   m.def("buffer_cache_info", &buffer_cache_info);
   m.def("buffer_cache_clear", &buffer_cache_clear);

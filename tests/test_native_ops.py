@@ -453,6 +453,42 @@ def test_march_then_composite_end_to_end_matches_torch():
 # density helpers and registration
 
 
+def test_dilation_reference_on_analytic_cases():
+    grid = torch.zeros(7, 6, 5, dtype=torch.bool)
+    grid[3, 2, 1] = True
+    d1 = density_mod.dilate_occupancy(grid, 1)
+    assert d1.sum() == 27 and d1[2:5, 1:4, 0:3].all()
+    # Chebyshev radius 2, clipped at the z = 0 face (no wrap-around)
+    d2 = density_mod.dilate_occupancy(grid, 2)
+    assert d2.sum() == 5 * 5 * 4 and not d2[:, :, 4].any() and not d2[0].any()
+    assert torch.equal(density_mod.dilate_occupancy(grid, 0), grid)
+    full = torch.ones(3, 3, 3, dtype=torch.bool)
+    assert torch.equal(density_mod.dilate_occupancy(full, 3), full)
+    with pytest.raises(InputError, match="bool grid"):
+        density_mod.dilate_occupancy(grid.float(), 1)
+    with pytest.raises(InputError, match="radius"):
+        density_mod.dilate_occupancy(grid, -1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dilation_matches_reference(device):
+    _device_ok(device)
+    gen = torch.Generator().manual_seed(12)
+    for shape, p, r in (((16, 16, 16), 0.01, 1), ((9, 5, 13), 0.05, 2), ((32, 32, 32), 0.001, 3),
+                        ((1, 1, 1), 1.0, 1), ((4, 4, 4), 0.0, 1), ((0, 3, 3), 0.5, 1), ((8, 8, 8), 0.3, 0)):
+        grid = (torch.rand(shape, generator=gen) < p).to(device)
+        ref = density_mod.dilate_occupancy(grid.cpu(), r)
+        got = native.dilate_occupancy(grid, r)
+        assert got.device.type == device and got.dtype == torch.bool
+        assert torch.equal(got.cpu(), ref), (shape, r)
+    # a non-contiguous view gives the same answer
+    grid = (torch.rand(12, 10, 8, generator=gen) < 0.02).to(device)
+    view = grid.transpose(0, 2)
+    assert torch.equal(native.dilate_occupancy(view, 1).cpu(), density_mod.dilate_occupancy(view.cpu(), 1))
+    with pytest.raises(InputError, match="bool grid"):
+        native.dilate_occupancy(grid.to(torch.uint8), 1)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_density_helpers_match_reference(device):
     _device_ok(device)

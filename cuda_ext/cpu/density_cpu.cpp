@@ -37,5 +37,12 @@ void unpack_bitfield(int64_t n_cells, const uint8_t* bits, uint8_t* cells) {
   for (int64_t i = 0; i < n_cells; ++i) cells[i] = bit_of(bits, i) ? 1 : 0;
 }
 
+void dilate_grid(int64_t nx, int64_t ny, int64_t nz, int64_t radius, const uint8_t* cells,
+                 uint8_t* out) {
+  const int64_t n = nx * ny * nz;
+#pragma omp parallel for schedule(static) if (worth_parallel(n))
+  for (int64_t i = 0; i < n; ++i) out[i] = dilated_cell(cells, nx, ny, nz, radius, i);
+}
+
 }  // namespace cpu
 }  // namespace synctalk

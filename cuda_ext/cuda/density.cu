@@ -42,7 +42,21 @@ __global__ void unpack_kernel(int64_t n_cells, const uint8_t* __restrict__ bits,
   cells[i] = bit_of(bits, i) ? 1 : 0;
 }
 
+__global__ void dilate_kernel(int64_t nx, int64_t ny, int64_t nz, int64_t radius,
+                              const uint8_t* __restrict__ cells, uint8_t* __restrict__ out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= nx * ny * nz) return;
+  out[i] = dilated_cell(cells, nx, ny, nz, radius, i);
+}
+
 }  // namespace
+
+void dilate_grid(int64_t nx, int64_t ny, int64_t nz, int64_t radius, const uint8_t* cells,
+                 uint8_t* out) {
+  const int64_t n = nx * ny * nz;
+  dilate_kernel<<<blocks_for(n), kThreads, 0, current_stream()>>>(nx, ny, nz, radius, cells, out);
+  check_launch("dilate_grid");
+}
 
 void morton3_encode(int64_t n, const int64_t* ix, const int64_t* iy, const int64_t* iz,
                     int64_t* codes) {

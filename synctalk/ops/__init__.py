@@ -12,7 +12,7 @@ by :mod:`synctalk.ops.backend`: the ``"torch"`` reference always exists; ``"nati
 from synctalk.ops.backend import (AUTO_ORDER, OPS, available, chosen, register_backend, register_loader,
                                   resolve)
 from synctalk.ops.composite import composite, early_termination_mask, exclusive_segment_cumsum, segment_sum
-from synctalk.ops.density import (cell_centers, cells_seen, from_morton_order, morton3, morton3_decode,
+from synctalk.ops.density import (cell_centers, cells_seen, dilate_occupancy, from_morton_order, morton3, morton3_decode,
                                   pack_bitfield, to_morton_order, unpack_bitfield, update_density_grid)
 from synctalk.ops.grid import (HASH_PRIMES, TRIPLANE_AXES, GridEncoder, GridSpec, TriPlaneEncoder, grid_encode,
                                init_table, triplane_encode)
@@ -21,7 +21,7 @@ from synctalk.ops.raymarch import PackedSamples, march_rays, occupancy_index, ra
 __all__ = [
     "AUTO_ORDER", "OPS", "available", "chosen", "register_backend", "register_loader", "resolve",
     "composite", "early_termination_mask", "exclusive_segment_cumsum", "segment_sum",
-    "cell_centers", "cells_seen", "from_morton_order", "morton3", "morton3_decode", "pack_bitfield",
+    "cell_centers", "cells_seen", "dilate_occupancy", "from_morton_order", "morton3", "morton3_decode", "pack_bitfield",
     "to_morton_order", "unpack_bitfield", "update_density_grid",
     "HASH_PRIMES", "TRIPLANE_AXES", "GridEncoder", "GridSpec", "TriPlaneEncoder", "grid_encode", "init_table",
     "triplane_encode",

@@ -163,6 +163,32 @@ def update_density_grid(grid: Tensor, density_fn: Callable[[Tensor], Tensor], aa
     return new.view(R, R, R), occupied.view(R, R, R)
 
 
+def dilate_occupancy(occupied: Tensor, radius: int = 1) -> Tensor:
+    """Binary dilation of an occupancy grid by a ``(2·radius + 1)³`` cube.
+
+    A cell is occupied afterwards when any cell within Chebyshev distance ``radius`` (in
+    cells) was; the grid does not wrap and cells outside it count as empty. Used to keep a
+    margin of samples around thin structures the density grid may prune.
+
+    Args:
+        occupied: ``[X, Y, Z]`` bool grid.
+        radius: ≥ 0 cells (0 returns a copy).
+
+    Returns:
+        ``[X, Y, Z]`` bool, on ``occupied``'s device.
+    """
+    if occupied.dim() != 3 or occupied.dtype != torch.bool:
+        raise InputError(f"dilate_occupancy: occupied must be a [X, Y, Z] bool grid, got "
+                         f"{occupied.dtype} {list(occupied.shape)}")
+    if int(radius) != radius or radius < 0:
+        raise InputError(f"dilate_occupancy: radius must be an integer ≥ 0, got {radius}")
+    r = int(radius)
+    if r == 0 or occupied.numel() == 0:
+        return occupied.clone()
+    x = occupied.to(torch.float32)[None, None]
+    return torch.nn.functional.max_pool3d(x, 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+
+
 # ----------------------------------------------------------------------------------------
 # bitfields and Morton order
 

@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 
 #: Version of the binding interface; part of the build tag so a changed Python side never
 #: loads an old library.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 #: C++ flags of the CPU build: no fused multiply-add contraction, so sample positions
 #: round exactly like the torch reference; no floating-point trap semantics (results are
@@ -610,6 +610,16 @@ def pack_bitfield(occupied: Tensor) -> Tensor:
     """Native :func:`synctalk.ops.density.pack_bitfield`: bool tensor (read in C order) →
     ``[ceil(n / 8)]`` uint8, element ``8j + k`` in bit ``k`` of byte ``j``."""
     return load().pack_bitfield(occupied.reshape(-1).to(torch.bool).contiguous())
+
+
+def dilate_occupancy(occupied: Tensor, radius: int = 1) -> Tensor:
+    """Native :func:`synctalk.ops.density.dilate_occupancy` (same arguments, same result)."""
+    if occupied.dim() != 3 or occupied.dtype != torch.bool:
+        raise InputError(f"dilate_occupancy: occupied must be a [X, Y, Z] bool grid, got "
+                         f"{occupied.dtype} {list(occupied.shape)}")
+    if int(radius) != radius or radius < 0:
+        raise InputError(f"dilate_occupancy: radius must be an integer ≥ 0, got {radius}")
+    return load().dilate_grid(occupied.contiguous(), int(radius))
 
 
 def unpack_bitfield(bits: Tensor, n: int | None = None) -> Tensor:

@@ -1,4 +1,4 @@
-// Density (occupancy) grid helpers: Morton order and bitfield packing.
+// Density (occupancy) grid helpers: Morton order, bitfield packing and dilation.
 #pragma once
 
 #include "synctalk/common.h"
@@ -50,6 +50,24 @@ ST_HD uint8_t pack_byte(const uint8_t* cells, int64_t n_cells, int64_t b) {
 
 ST_HD bool bit_of(const uint8_t* bitfield, int64_t cell) {
   return (bitfield[cell >> 3] >> (cell & 7)) & 1u;
+}
+
+// Cell i (C order: z fastest) of an nx × ny × nz grid of 0/1 bytes after a binary
+// dilation by a (2r + 1)³ cube: 1 when any cell within Chebyshev distance r is 1
+// (the grid does not wrap; cells outside it count as empty).
+ST_HD uint8_t dilated_cell(const uint8_t* cells, int64_t nx, int64_t ny, int64_t nz, int64_t r,
+                           int64_t i) {
+  const int64_t z = i % nz, y = (i / nz) % ny, x = i / (ny * nz);
+  const int64_t x0 = x - r < 0 ? 0 : x - r, x1 = x + r >= nx ? nx - 1 : x + r;
+  const int64_t y0 = y - r < 0 ? 0 : y - r, y1 = y + r >= ny ? ny - 1 : y + r;
+  const int64_t z0 = z - r < 0 ? 0 : z - r, z1 = z + r >= nz ? nz - 1 : z + r;
+  for (int64_t a = x0; a <= x1; ++a)
+    for (int64_t b = y0; b <= y1; ++b) {
+      const uint8_t* row = cells + (a * ny + b) * nz;
+      for (int64_t c = z0; c <= z1; ++c)
+        if (row[c]) return 1;
+    }
+  return 0;
 }
 
 }  // namespace synctalk
