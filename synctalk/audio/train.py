@@ -53,6 +53,7 @@ from synctalk.audio.dataset import ClipPortion, InputSpec, MouthClip, split_clip
 from synctalk.audio.sampling import MIN_SHIFT, SyncSampler
 from synctalk.audio.score import (MAX_OFFSET, complete_rows, complete_windows, embed_portion,
                                   shift_similarities)
+from synctalk.device import torch_device
 from synctalk.errors import InputError, ModelFileError
 from synctalk.fsutil import atomic_path
 
@@ -398,9 +399,7 @@ def train(clips: list[MouthClip], out, cfg: TrainConfig, *, resume: bool = False
     now = CLOCKS[cfg.clock]
     if not out.parent.is_dir():
         raise InputError(f"output directory does not exist: {out.parent} — create it first.")
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: this torch has no CUDA device; use --device cpu.")
+    device = torch_device(cfg.device)
     if not 0 <= cfg.select_fraction < 1:
         raise InputError(f"--select-fraction must be in [0, 1), got {cfg.select_fraction}")
     spec = InputSpec()

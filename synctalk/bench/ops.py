@@ -188,10 +188,9 @@ def run_bench(*, ops=BENCH_OPS, backends=None, rays=2048, samples=24, levels=10,
     """Run the benchmark and return the JSON-ready result (see the module docstring)."""
     import torch
 
-    from synctalk.errors import InputError
+    from synctalk.device import torch_device
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but this torch has no CUDA device; use --device cpu")
+    torch_device(device)
     previous_threads = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)

@@ -190,13 +190,12 @@ def run_bench(*, model: str | None = None, preset: str = "default", size: int = 
     """Measure (module docstring) and return the JSON-able result."""
     import torch
 
+    from synctalk.device import torch_device
     from synctalk.errors import InputError
     from synctalk.nerf.model import DEFAULT_CPU_THREADS, torch_threads
     from synctalk.ops import backend as registry
 
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: this torch has no CUDA device; use --device cpu.")
+    dev = torch_device(device)
     if frames is None:
         frames = 100 if dev.type == "cuda" else 5
     if threads is None and dev.type == "cpu":

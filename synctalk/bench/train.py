@@ -54,6 +54,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from synctalk.device import torch_device
 from synctalk.errors import InputError
 
 #: Stages a step can be timed in (the torso stage's step does not use the hot ops).
@@ -326,16 +327,6 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def _device(device: str):
-    """The torch device, checked (a clear error when CUDA is asked for but absent)."""
-    import torch
-
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: this torch has no CUDA device; use --device cpu.")
-    return dev
-
-
 def _sync(dev) -> None:
     import torch
 
@@ -403,7 +394,7 @@ def run_bench(subject=None, *, preset: str = "demo", backends=("torch", "native"
     if repeats < 1 or warmup < 0:
         raise InputError("--repeats must be ≥ 1 and --warmup ≥ 0")
     names = _check_backends(list(backends))
-    dev = _device(device)
+    dev = torch_device(device)
     subject, kind = _resolve_subject(subject, face_landmarker)
     cfg = _config(preset, subject, seed=seed, size=size, rays=rays, overrides=overrides)
     wall0, cpu0, load0 = time.perf_counter(), time.process_time(), _load()
@@ -508,7 +499,7 @@ def run_parity(subject=None, *, iters: int, preset: str = "demo", backends=("tor
     if iters < 1:
         raise InputError(f"--parity needs a positive number of steps, got {iters}")
     names = _check_backends(list(backends))
-    dev = _device(device)
+    dev = torch_device(device)
     subject, kind = _resolve_subject(subject, face_landmarker)
     base = _config(preset, subject, seed=seed, size=size, rays=rays, overrides=None)
     split = _split_iters(base, iters)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synctalk.device import torch_device
 from synctalk.errors import InputError, ModelFileError
 from synctalk.nerf.data import SubjectData, read_torso_bg
 from synctalk.nerf.geometry import HeadBox, box_cameras, pixel_rays
@@ -202,9 +203,7 @@ class TalkingHead:
         if backend != "auto" and backend not in available("grid_encode"):
             raise InputError(f"backend {backend!r} is not available; available: "
                              f"{', '.join(['auto'] + available('grid_encode'))}")
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise InputError("--device cuda was asked for but CUDA is not available; use --device cpu.")
+        dev = torch_device(device)
         model = build_model(meta)
         load_state(model, state, str(weights if weights.is_file() else "the checkpoint"))
         model.set_backend(backend)

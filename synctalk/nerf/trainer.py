@@ -53,6 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synctalk.device import torch_device
 from synctalk.errors import InputError, ModelFileError, OutputError
 from synctalk.fsutil import atomic_path, write_json_atomic
 from synctalk.nerf.config import TrainConfig
@@ -173,9 +174,7 @@ class Trainer:
                  progress: bool = True, threads: int | None = None) -> None:
         self.subject = Path(subject)
         self.out = Path(out)
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError("--device cuda was asked for but CUDA is not available; use --device cpu.")
+        self.device = torch_device(device)
         self.backend = backend
         self.ave_arg = ave
         self.progress = progress
