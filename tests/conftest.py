@@ -38,6 +38,23 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def native_ext():
+    """The built native extension (one compile per cache), registered as the ``native``
+    backend. Skips only where no C++ toolchain exists; a failing build fails the test."""
+    from synctalk.ops import native
+
+    problem = native._toolchain_problem()
+    if problem is not None:
+        pytest.skip(f"cannot build the native ops here: {problem}")
+    try:
+        module = native.load()
+    except native.NativeBuildError as e:
+        pytest.fail(f"the native ops do not build: {e}")
+    native.register()
+    return module
+
+
+@pytest.fixture(scope="session")
 def nerf_subject(tmp_path_factory, face_landmarker_path) -> Path:
     """A tiny prepared subject for the NeRF tests: a 6 s synthetic clip at 160² prepped to 128²,
     with a random-weight slim AVE as its audio encoder (no encoder training). Made once per

@@ -39,43 +39,16 @@ struct Candidates {
                                                 std::vector<scalar_t>(K)} {}
 };
 
-// The candidates of one hitting ray: their intervals and positions, cells (idx) and
-// whether each interval is non-empty (ok), in a loop over the candidates that g++
-// vectorises (the step fractions are precomputed, the same values march_step gives).
-// inv_ext (box extents that are powers of two, see cell_index_pow2) or nullptr.
-template <bool kPerturb, typename index_t, typename scalar_t>
-ST_INLINE void candidates_body(const MarchParams& mp, const RayView<scalar_t>& v,
-                               const scalar_t* __restrict steps, const scalar_t* inv_ext,
+// The candidates of a hitting ray in one loop that g++ vectorises, the cell lookup fixed at
+// compile time so the loop holds no branch: kPow2 uses the reciprocal extents inv
+// (cell_index_pow2), otherwise the box bounds (cell_index).
+template <bool kPerturb, bool kPow2, typename index_t, typename scalar_t>
+ST_INLINE void candidate_cells(int K, int R, const RayView<scalar_t>& v, scalar_t span,
+                               const scalar_t* __restrict steps, const scalar_t* inv,
                                index_t* __restrict idx, int32_t* __restrict ok,
                                scalar_t* __restrict t0s, scalar_t* __restrict t1s,
                                scalar_t* __restrict tps) {
-  const int K = mp.n_steps, R = mp.grid_res;
-  const scalar_t span = sub_rn(v.t_far, v.t_near);
   const scalar_t* __restrict noise = v.noise;
-  if (R == 0) {  // no grid: only the interval test
-    for (int k = 0; k < K; ++k) {
-      candidate_from_steps(kPerturb, v.t_near, span, steps[k], steps[k + 1],
-                           kPerturb ? noise[k] : scalar_t(0), t0s + k, t1s + k, tps + k);
-      ok[k] = t1s[k] > t0s[k] ? 1 : 0;
-      idx[k] = index_t(0);
-    }
-    return;
-  }
-  if (inv_ext != nullptr) {
-    const scalar_t inv[3] = {inv_ext[0], inv_ext[1], inv_ext[2]};
-#pragma GCC ivdep
-    for (int k = 0; k < K; ++k) {
-      scalar_t t0, t1, tp;
-      candidate_from_steps(kPerturb, v.t_near, span, steps[k], steps[k + 1],
-                           kPerturb ? noise[k] : scalar_t(0), &t0, &t1, &tp);
-      t0s[k] = t0;
-      t1s[k] = t1;
-      tps[k] = tp;
-      ok[k] = t1 > t0 ? 1 : 0;
-      idx[k] = cell_index_pow2<scalar_t, index_t>(R, v.lo, inv, v.o, v.d, tp);
-    }
-    return;
-  }
 #pragma GCC ivdep
   for (int k = 0; k < K; ++k) {
     scalar_t t0, t1, tp;
@@ -85,7 +58,39 @@ ST_INLINE void candidates_body(const MarchParams& mp, const RayView<scalar_t>& v
     t1s[k] = t1;
     tps[k] = tp;
     ok[k] = t1 > t0 ? 1 : 0;
-    idx[k] = cell_index<scalar_t, index_t>(R, v.lo, v.hi, v.o, v.d, tp);
+    if constexpr (kPow2)
+      idx[k] = cell_index_pow2<scalar_t, index_t>(R, v.lo, inv, v.o, v.d, tp);
+    else
+      idx[k] = cell_index<scalar_t, index_t>(R, v.lo, v.hi, v.o, v.d, tp);
+  }
+}
+
+// The candidates of one hitting ray: their intervals and positions, cells (idx) and
+// whether each interval is non-empty (ok), the step fractions precomputed (the same values
+// march_step gives). inv_ext: reciprocal box extents when they are powers of two (see
+// cell_index_pow2), else nullptr.
+template <bool kPerturb, typename index_t, typename scalar_t>
+ST_INLINE void candidates_body(const MarchParams& mp, const RayView<scalar_t>& v,
+                               const scalar_t* __restrict steps, const scalar_t* inv_ext,
+                               index_t* __restrict idx, int32_t* __restrict ok,
+                               scalar_t* __restrict t0s, scalar_t* __restrict t1s,
+                               scalar_t* __restrict tps) {
+  const int K = mp.n_steps, R = mp.grid_res;
+  const scalar_t span = sub_rn(v.t_far, v.t_near);
+  if (R == 0) {  // no grid: only the interval test
+    for (int k = 0; k < K; ++k) {
+      candidate_from_steps(kPerturb, v.t_near, span, steps[k], steps[k + 1],
+                           kPerturb ? v.noise[k] : scalar_t(0), t0s + k, t1s + k, tps + k);
+      ok[k] = t1s[k] > t0s[k] ? 1 : 0;
+      idx[k] = index_t(0);
+    }
+    return;
+  }
+  if (inv_ext != nullptr) {
+    const scalar_t inv[3] = {inv_ext[0], inv_ext[1], inv_ext[2]};
+    candidate_cells<kPerturb, true>(K, R, v, span, steps, inv, idx, ok, t0s, t1s, tps);
+  } else {
+    candidate_cells<kPerturb, false>(K, R, v, span, steps, inv_ext, idx, ok, t0s, t1s, tps);
   }
 }
 

@@ -163,6 +163,17 @@ def update_density_grid(grid: Tensor, density_fn: Callable[[Tensor], Tensor], aa
     return new.view(R, R, R), occupied.view(R, R, R)
 
 
+def check_dilation(occupied: Tensor, radius: int) -> int:
+    """Validate :func:`dilate_occupancy`'s arguments (shared with the native version);
+    returns the radius as an int."""
+    if occupied.dim() != 3 or occupied.dtype != torch.bool:
+        raise InputError(f"dilate_occupancy: occupied must be a [X, Y, Z] bool grid, got "
+                         f"{occupied.dtype} {list(occupied.shape)}")
+    if int(radius) != radius or radius < 0:
+        raise InputError(f"dilate_occupancy: radius must be an integer ≥ 0, got {radius}")
+    return int(radius)
+
+
 def dilate_occupancy(occupied: Tensor, radius: int = 1) -> Tensor:
     """Binary dilation of an occupancy grid by a ``(2·radius + 1)³`` cube.
 
@@ -177,12 +188,7 @@ def dilate_occupancy(occupied: Tensor, radius: int = 1) -> Tensor:
     Returns:
         ``[X, Y, Z]`` bool, on ``occupied``'s device.
     """
-    if occupied.dim() != 3 or occupied.dtype != torch.bool:
-        raise InputError(f"dilate_occupancy: occupied must be a [X, Y, Z] bool grid, got "
-                         f"{occupied.dtype} {list(occupied.shape)}")
-    if int(radius) != radius or radius < 0:
-        raise InputError(f"dilate_occupancy: radius must be an integer ≥ 0, got {radius}")
-    r = int(radius)
+    r = check_dilation(occupied, radius)
     if r == 0 or occupied.numel() == 0:
         return occupied.clone()
     x = occupied.to(torch.float32)[None, None]

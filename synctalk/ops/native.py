@@ -63,6 +63,7 @@ from torch import Tensor
 
 from synctalk.errors import InputError, SyncTalkError
 from synctalk.ops import backend as _backend
+from synctalk.ops.density import check_dilation
 from synctalk.ops.grid import TRIPLANE_AXES, GridSpec
 from synctalk.ops.raymarch import PackedSamples
 
@@ -614,12 +615,7 @@ def pack_bitfield(occupied: Tensor) -> Tensor:
 
 def dilate_occupancy(occupied: Tensor, radius: int = 1) -> Tensor:
     """Native :func:`synctalk.ops.density.dilate_occupancy` (same arguments, same result)."""
-    if occupied.dim() != 3 or occupied.dtype != torch.bool:
-        raise InputError(f"dilate_occupancy: occupied must be a [X, Y, Z] bool grid, got "
-                         f"{occupied.dtype} {list(occupied.shape)}")
-    if int(radius) != radius or radius < 0:
-        raise InputError(f"dilate_occupancy: radius must be an integer ≥ 0, got {radius}")
-    return load().dilate_grid(occupied.contiguous(), int(radius))
+    return load().dilate_grid(occupied.contiguous(), check_dilation(occupied, radius))
 
 
 def unpack_bitfield(bits: Tensor, n: int | None = None) -> Tensor:
