@@ -765,6 +765,146 @@ bool packing_ok(const at::Tensor& offsets, const at::Tensor& counts, int64_t n_s
   return ok;
 }
 
+// ------------------------------------------------------------------ alive-ray loop
+
+// Returns (t_starts [A, k], t_ends [A, k], count [A]); next_index [N] (int64) is updated
+// in place at the rows in alive [A] (int64). occupied / occupied_bits / bits_res as for
+// march_rays.
+std::vector<at::Tensor> march_next(const at::Tensor& rays_o, const at::Tensor& rays_d,
+                                   const at::Tensor& t_near, const at::Tensor& t_far,
+                                   at::Tensor next_index, const at::Tensor& alive,
+                                   const c10::optional<at::Tensor>& occupied,
+                                   const at::Tensor& aabb, int64_t n_samples, int64_t k,
+                                   const c10::optional<at::Tensor>& occupied_bits,
+                                   int64_t bits_res) {
+  check_rays(rays_o, rays_d, aabb);
+  const auto dev = rays_o.device();
+  const auto dt = rays_o.scalar_type();
+  const int64_t n = rays_o.size(0);
+  check_float(t_near, "t_near", dt, dev);
+  check_float(t_far, "t_far", dt, dev);
+  check_float(next_index, "next_index", at::kLong, dev);
+  check_float(alive, "alive", at::kLong, dev);
+  TORCH_CHECK(t_near.numel() == n && t_far.numel() == n && next_index.numel() == n,
+              "t_near/t_far/next_index must be [N]");
+  TORCH_CHECK(alive.dim() == 1, "alive must be [A]");
+  TORCH_CHECK(n_samples >= 1 && n_samples <= (int64_t{1} << 30), "n_samples out of range");
+  TORCH_CHECK(k >= 1 && k <= (int64_t{1} << 30), "k out of range");
+  st::MarchParams mp{};
+  mp.n_rays = n;
+  mp.n_steps = static_cast<int>(n_samples);
+  mp.perturb = false;
+  mp.grid_res = 0;
+  if (occupied.has_value()) {
+    check_float(*occupied, "occupied", at::kBool, dev);
+    TORCH_CHECK(occupied->dim() == 3 && occupied->size(0) == occupied->size(1) &&
+                    occupied->size(1) == occupied->size(2) && occupied->size(0) >= 1,
+                "occupied must be [R, R, R]");
+    mp.grid_res = static_cast<int>(occupied->size(0));
+  }
+  mp.occupancy_bits = occupied_bits.has_value();
+  if (mp.occupancy_bits) {
+    TORCH_CHECK(!occupied.has_value(), "pass occupied or occupied_bits, not both");
+    TORCH_CHECK(!dev.is_cuda(), "occupied_bits is for the CPU kernels");
+    check_float(*occupied_bits, "occupied_bits", at::kByte, dev);
+    TORCH_CHECK(bits_res >= 1 && occupied_bits->numel() * 8 >= bits_res * bits_res * bits_res,
+                "occupied_bits must hold R^3 bits");
+    mp.grid_res = static_cast<int>(bits_res);
+  }
+  const uint8_t* occ =
+      occupied.has_value() ? reinterpret_cast<const uint8_t*>(occupied->data_ptr<bool>())
+                           : (mp.occupancy_bits ? occupied_bits->data_ptr<uint8_t>() : nullptr);
+  const int64_t n_alive = alive.size(0);
+  auto t_starts = at::empty({n_alive, k}, rays_o.options());
+  auto t_ends = at::empty({n_alive, k}, rays_o.options());
+  auto count = at::empty({n_alive}, alive.options());
+  if (n_alive > 0) {
+    AT_DISPATCH_FLOATING_TYPES(dt, "march_next", [&] {
+      ST_DISPATCH_DEVICE(dev, march_next<scalar_t>, mp, n_alive, static_cast<int>(k),
+                         alive.data_ptr<int64_t>(), rays_o.data_ptr<scalar_t>(),
+                         rays_d.data_ptr<scalar_t>(), t_near.data_ptr<scalar_t>(),
+                         t_far.data_ptr<scalar_t>(), aabb.data_ptr<scalar_t>(), occ,
+                         next_index.data_ptr<int64_t>(), t_starts.data_ptr<scalar_t>(),
+                         t_ends.data_ptr<scalar_t>(), count.data_ptr<int64_t>());
+    });
+  }
+  return {t_starts, t_ends, count};
+}
+
+// One compositing step of the alive rays. Per round: sigmas, t_starts, t_ends [A, k],
+// rgbs [A, k, C] (None: weights only, the state is not touched), extras [A, k, E] or None,
+// count and alive [A] (int64). State, updated in place: trans, opacity, depth [N],
+// color [N, C], extras_state [N, E] (exactly when extras is given, or with rgbs None).
+// Returns the weights [A, k].
+at::Tensor composite_step(const at::Tensor& sigmas, const c10::optional<at::Tensor>& rgbs,
+                          const at::Tensor& t_starts, const at::Tensor& t_ends,
+                          const at::Tensor& count, const at::Tensor& alive,
+                          const c10::optional<at::Tensor>& extras, at::Tensor trans,
+                          at::Tensor opacity, at::Tensor depth, at::Tensor color,
+                          const c10::optional<at::Tensor>& extras_state, double early_stop) {
+  const auto dev = trans.device();
+  const auto dt = trans.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "the state must be float32 or float64");
+  TORCH_CHECK(sigmas.dim() == 2, "sigmas must be [A, k]");
+  const int64_t A = sigmas.size(0), k = sigmas.size(1), N = trans.numel();
+  check_float(sigmas, "sigmas", dt, dev);
+  check_float(t_starts, "t_starts", dt, dev);
+  check_float(t_ends, "t_ends", dt, dev);
+  check_float(count, "count", at::kLong, dev);
+  check_float(alive, "alive", at::kLong, dev);
+  check_float(trans, "transmittance", dt, dev);
+  check_float(opacity, "opacity", dt, dev);
+  check_float(depth, "depth", dt, dev);
+  check_float(color, "color", dt, dev);
+  TORCH_CHECK(t_starts.sizes() == sigmas.sizes() && t_ends.sizes() == sigmas.sizes(),
+              "t_starts/t_ends must be [A, k] like sigmas");
+  TORCH_CHECK(count.numel() == A && alive.numel() == A, "count/alive must be [A]");
+  TORCH_CHECK(opacity.numel() == N && depth.numel() == N && color.dim() == 2 &&
+                  color.size(0) == N,
+              "opacity/depth must be [N] and color [N, C]");
+  st::StepDims dm{};
+  dm.n_alive = A;
+  dm.n_rays = N;
+  dm.k = static_cast<int>(k);
+  dm.n_color = static_cast<int>(color.size(1));
+  dm.n_extras = 0;
+  dm.accumulate = rgbs.has_value();
+  if (dm.accumulate) {
+    check_float(*rgbs, "rgbs", dt, dev);
+    TORCH_CHECK(rgbs->dim() == 3 && rgbs->size(0) == A && rgbs->size(1) == k &&
+                    rgbs->size(2) == dm.n_color,
+                "rgbs must be [A, k, C] with C = color's channels");
+    TORCH_CHECK(extras.has_value() == extras_state.has_value(),
+                "extras and the extras state come together");
+    if (extras.has_value()) {
+      check_float(*extras, "extras", dt, dev);
+      check_float(*extras_state, "extras state", dt, dev);
+      TORCH_CHECK(extras_state->dim() == 2 && extras_state->size(0) == N,
+                  "the extras state must be [N, E]");
+      dm.n_extras = static_cast<int>(extras_state->size(1));
+      TORCH_CHECK(extras->dim() == 3 && extras->size(0) == A && extras->size(1) == k &&
+                      extras->size(2) == dm.n_extras,
+                  "extras must be [A, k, E]");
+    }
+  }
+  auto weights = at::empty({A, k}, sigmas.options());
+  if (A > 0 && k > 0) {
+    AT_DISPATCH_FLOATING_TYPES(dt, "composite_step", [&] {
+      const st::StepInputs<scalar_t> in{
+          sigmas.data_ptr<scalar_t>(), opt_ptr<scalar_t>(rgbs),    t_starts.data_ptr<scalar_t>(),
+          t_ends.data_ptr<scalar_t>(), dm.n_extras > 0 ? extras->data_ptr<scalar_t>() : nullptr,
+          count.data_ptr<int64_t>(),   alive.data_ptr<int64_t>()};
+      const st::RayAccumulators<scalar_t> acc{
+          trans.data_ptr<scalar_t>(), opacity.data_ptr<scalar_t>(), depth.data_ptr<scalar_t>(),
+          color.data_ptr<scalar_t>(),
+          dm.n_extras > 0 ? extras_state->data_ptr<scalar_t>() : nullptr};
+      ST_DISPATCH_DEVICE(dev, composite_step<scalar_t>, dm, static_cast<scalar_t>(early_stop),
+                         in, acc, weights.data_ptr<scalar_t>());
+    });
+  }
+  return weights;
+}
+
 // ------------------------------------------------------------------- density helpers
 
 at::Tensor morton3_encode(const at::Tensor& ix, const at::Tensor& iy, const at::Tensor& iz) {
@@ -867,6 +1007,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("composite_backward", &composite_backward);
   m.def("composite", &composite);
   m.def("packing_ok", &packing_ok);
+  m.def("march_next", &march_next);
+  m.def("composite_step", &composite_step);
   m.def("morton3_encode", &morton3_encode);
   m.def("morton3_decode", &morton3_decode);
   m.def("pack_bitfield", &pack_bitfield);

@@ -34,7 +34,7 @@ def _run_all(cmds: list[list[str]]) -> None:
 def test_sources_are_found():
     assert SOURCES is not None and (SOURCES / "bindings.cpp").is_file()
     assert sorted(p.name for p in (SOURCES / "cpu").glob("*.cpp")) == [
-        "composite_cpu.cpp", "density_cpu.cpp", "grid_cpu.cpp", "plane_cpu.cpp", "raymarch_cpu.cpp"]
+        "alive_cpu.cpp", "composite_cpu.cpp", "density_cpu.cpp", "grid_cpu.cpp", "plane_cpu.cpp", "raymarch_cpu.cpp"]
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
@@ -52,7 +52,7 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     cmds = [["nvcc", "-c", "--std=c++17", "-arch=sm_80", f"-I{SOURCES / 'include'}",
              "-Xcompiler", "-Wall,-Wextra", "--Werror", "all-warnings", str(src),
              "-o", str(tmp_path / (src.stem + ".o"))] for src in sorted((SOURCES / "cuda").glob("*.cu"))]
-    assert len(cmds) == 4
+    assert len(cmds) == 5
     _run_all(cmds)
 
 

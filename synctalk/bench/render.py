@@ -15,6 +15,10 @@ Two model sources:
   frontal camera sees the whole head box; each frame takes the next audio frame of a random
   feature sequence. The background is black and not timed.
 
+Frames are rendered with the alive-ray inference loop (``--loop alive``, what ``synctalk
+render`` uses), with every sample marched first (``packed``), or both in one run (``both``:
+the packed entries are named ``BACKEND:packed``).
+
 Per backend: ``frame_ms`` (median and min over ``--frames`` frames after ``--warmup``),
 ``fps`` (1000 / median), the medians of the ``march``/``field``/``composite`` (and ``torso``)
 parts, rays marched and samples evaluated per frame; ``ratio_vs_torch`` for the others. CUDA
@@ -62,6 +66,9 @@ def register(actions) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: the renderer's default, one on the CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and audio")
+    p.add_argument("--loop", default="alive", choices=("alive", "packed", "both"),
+                   help="inference loop: the alive-ray loop, every sample marched first, or both "
+                        "(the packed one's entries are named BACKEND:packed)")
     p.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     p.set_defaults(func=_main)
@@ -78,7 +85,7 @@ def _main(args) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] or None
     result = run_bench(model=args.model, preset=args.preset, size=args.size, frames=args.frames,
                        warmup=args.warmup, device=args.device, backends=backends,
-                       threads=args.threads or None, seed=args.seed)
+                       threads=args.threads or None, seed=args.seed, loop=args.loop)
     if args.out:
         write_json_atomic(args.out, result)
     print(json.dumps(result, indent=2) if args.json else _table(result))
@@ -132,12 +139,12 @@ class _RandomHead:
                          "resolution": [self.cfg.grid_base_res, self.cfg.grid_max_res],
                          "log2_hashmap": self.cfg.grid_log2_hashmap}}
 
-    def frame(self, i: int, backend: str, timings: dict) -> dict:
+    def frame(self, i: int, backend: str, timings: dict, loop: str) -> dict:
         import torch
 
         from synctalk.nerf.geometry import pixel_rays
         from synctalk.nerf.inference import frame_rect
-        from synctalk.nerf.renderer import render_rays
+        from synctalk.nerf.renderer import render_rays, render_rays_alive
 
         dev = self.device
         model = self.model
@@ -151,9 +158,10 @@ class _RandomHead:
             xy = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
             o, d = pixel_rays(self.cam_o, self.cam_rot, self.K, xy)
             o, d = o.to(dev), d.to(dev)
-            out = render_rays(model.head, model.occ, o, d, cond, torch.zeros(len(o), 3, device=dev),
-                              n_samples=self.cfg.infer_samples, early_stop=self.cfg.early_stop,
-                              backend=backend, timings=timings)
+            render = render_rays_alive if loop == "alive" else render_rays
+            out = render(model.head, model.occ, o, d, cond, torch.zeros(len(o), 3, device=dev),
+                         n_samples=self.cfg.infer_samples, early_stop=self.cfg.early_stop,
+                         backend=backend, timings=timings)
         return {"rays": int(out["hit"].sum()), "samples": int(out["n_samples"])}
 
 
@@ -172,8 +180,9 @@ class _TrainedHead:
         return {"source": "model", "model": str(self.head.model_dir), "size": self.size,
                 "infer_samples": self.head.samples, "early_stop": self.head.early_stop}
 
-    def frame(self, i: int, backend: str, timings: dict) -> dict:
+    def frame(self, i: int, backend: str, timings: dict, loop: str) -> dict:
         head = self.head
+        head.loop = loop
         head.backend = backend
         head.model.set_backend(backend)
         t = i % self.n_frames
@@ -186,7 +195,8 @@ class _TrainedHead:
 # ---------------------------------------------------------------------------- measuring
 def run_bench(*, model: str | None = None, preset: str = "default", size: int = 512,
               frames: int | None = None, warmup: int = 3, device: str = "cpu",
-              backends: list[str] | None = None, threads: int | None = None, seed: int = 0) -> dict:
+              backends: list[str] | None = None, threads: int | None = None, seed: int = 0,
+              loop: str = "alive") -> dict:
     """Measure (module docstring) and return the JSON-able result."""
     import torch
 
@@ -195,6 +205,8 @@ def run_bench(*, model: str | None = None, preset: str = "default", size: int = 
     from synctalk.nerf.model import DEFAULT_CPU_THREADS, torch_threads
     from synctalk.ops import backend as registry
 
+    if loop not in ("alive", "packed", "both"):
+        raise InputError(f"loop must be alive, packed or both, got {loop!r}")
     dev = torch_device(device)
     if frames is None:
         frames = 100 if dev.type == "cuda" else 5
@@ -221,16 +233,18 @@ def run_bench(*, model: str | None = None, preset: str = "default", size: int = 
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "frames": frames,
             "warmup": warmup, "load_avg_1m": round(os.getloadavg()[0], 2),
-            "model": source.describe(), "backends": {}}
-        for b in names:
+            "model": source.describe(), "loop": loop, "backends": {}}
+        loops = ("alive", "packed") if loop == "both" else (loop,)
+        runs = [(b, lp) for lp in loops for b in names]
+        for b, lp in runs:
             for i in range(warmup):
-                source.frame(i, b, {})
+                source.frame(i, b, {}, lp)
             sync()
             totals, parts, rays, samples = [], {}, [], []
             for i in range(frames):
                 timings: dict = {}
                 t0 = time.perf_counter()
-                info = source.frame(warmup + i, b, timings)
+                info = source.frame(warmup + i, b, timings, lp)
                 sync()
                 totals.append((time.perf_counter() - t0) * 1e3)
                 for k, v in timings.items():
@@ -245,7 +259,7 @@ def run_bench(*, model: str | None = None, preset: str = "default", size: int = 
                      "rays_per_frame": int(statistics.median(rays))}
             if samples:
                 entry["samples_per_frame"] = int(statistics.median(samples))
-            result["backends"][b] = entry
+            result["backends"][b if lp == loops[0] else f"{b}:{lp}"] = entry
     base = result["backends"]["torch"]["frame_ms"]
     result["ratio_vs_torch"] = {
         b: {"median": round(base["median"] / max(e["frame_ms"]["median"], 1e-9), 3),

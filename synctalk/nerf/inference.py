@@ -15,7 +15,11 @@ the subject's torso image of that frame over the plate.
 
 Only rays that hit the head box are marched (``infer_samples`` per ray, samples in occupied
 cells only, early termination at transmittance ``early_stop``); every other pixel takes the
-torso/background colour.
+torso/background colour. The rays are rendered with the alive-ray loop
+(:func:`~synctalk.nerf.renderer.render_rays_alive`: each round every unfinished ray gets its
+next few samples, finished rays are dropped) or, with ``loop="packed"``, by marching every
+sample first (:func:`~synctalk.nerf.renderer.render_rays`); the images agree to within
+``early_stop``.
 """
 from __future__ import annotations
 
@@ -33,8 +37,10 @@ from synctalk.nerf.geometry import HeadBox, box_cameras, pixel_rays
 from synctalk.nerf.model import (AVE_NAME, CKPT_DIR, DEFAULT_CPU_THREADS, WEIGHTS_NAME,
                                  TalkingHeadModel, build_model, load_state, read_model_config,
                                  read_torch, torch_threads)
-from synctalk.nerf.renderer import render_rays
+from synctalk.nerf.renderer import render_rays, render_rays_alive
 
+#: Inference loops of :func:`render_head_image` (module docstring); the first is the default.
+INFERENCE_LOOPS = ("alive", "packed")
 #: Blendshape names the ``blink`` override replaces.
 BLINK_NAMES = ("eyeBlinkLeft", "eyeBlinkRight")
 
@@ -52,7 +58,7 @@ def render_head_image(model: TalkingHeadModel, data: SubjectData, feats: torch.T
                       source_frame: int, *, bg: torch.Tensor, blink: float | None = None,
                       c2w: np.ndarray | None = None, samples: int = 64,
                       early_stop: float | None = 1e-4, ema: float = 0.0, chunk: int = 1 << 16,
-                      backend: str = "auto", timings: dict | None = None
+                      backend: str = "auto", timings: dict | None = None, loop: str = "alive"
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render one frame of the head over ``bg``.
 
@@ -65,10 +71,16 @@ def render_head_image(model: TalkingHeadModel, data: SubjectData, feats: torch.T
         c2w: ``[4, 4]`` world (mm) camera-to-world overriding the source frame's pose.
         samples, early_stop, ema: see :class:`~synctalk.nerf.config.TrainConfig`.
         timings: dict the ``march``/``field``/``composite`` seconds are added to.
+        loop: ``"alive"`` or ``"packed"`` (:data:`INFERENCE_LOOPS`, module docstring).
 
     Returns:
         ``(rgb [H, W, 3] float in [0, 1], alpha [H, W] float)`` on the model's device.
     """
+    if loop not in INFERENCE_LOOPS:
+        raise InputError(f"unknown inference loop {loop!r}; choose one of {', '.join(INFERENCE_LOOPS)}")
+    render = render_rays_alive if loop == "alive" else render_rays
+    if loop == "alive" and early_stop is None:
+        early_stop = 0.0  # composite every sample
     device = bg.device
     size = data.size
     f = int(source_frame)
@@ -101,9 +113,8 @@ def render_head_image(model: TalkingHeadModel, data: SubjectData, feats: torch.T
     for i in range(0, len(xy), chunk):
         sl = slice(i, i + chunk)
         px = xy[sl]
-        out = render_rays(head, model.occ, rays_o[sl], rays_d[sl], cond, bg[px[:, 1], px[:, 0]],
-                          n_samples=samples, early_stop=early_stop, backend=backend,
-                          timings=timings)
+        out = render(head, model.occ, rays_o[sl], rays_d[sl], cond, bg[px[:, 1], px[:, 0]],
+                     n_samples=samples, early_stop=early_stop, backend=backend, timings=timings)
         rgb[px[:, 1], px[:, 0]] = out["rgb"].to(rgb.dtype)
         alpha[px[:, 1], px[:, 0]] = out["opacity"].to(alpha.dtype)
     return rgb, alpha
@@ -159,6 +170,7 @@ class TalkingHead:
         self.samples = int(self.config.get("infer_samples", 64))
         self.early_stop = float(self.config.get("early_stop", 1e-4))
         self.audio_ema = 0.0
+        self.loop = INFERENCE_LOOPS[0]
         self._ave = None
         self._background = torch.from_numpy(data.background.astype(np.float32) / 255.0).to(device)
         self._torso_cache = lru_cache(maxsize=64)(self._read_torso)
@@ -305,6 +317,6 @@ class TalkingHead:
             rgb, alpha = render_head_image(
                 self.model, self.data, feats, int(t), int(source_frame), bg=bg, blink=blink,
                 c2w=c2w, samples=self.samples, early_stop=self.early_stop, ema=self.audio_ema,
-                backend=self.backend, timings=timings)
+                backend=self.backend, timings=timings, loop=self.loop)
         img = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
         return {"rgb": img, "alpha": alpha.float().cpu().numpy(), "timings": timings}

@@ -16,6 +16,14 @@ them changes a pixel by at most ``early_stop``.
 Training may *prune* the same way (``prune``): a gradient-free progressive density pass finds
 each ray's termination point and only the samples before it are evaluated with gradients.
 
+:func:`render_rays_alive` renders the same inference image with the alive-ray loop of
+:mod:`synctalk.ops.alive` instead: no sample is marched before it is needed; each round
+every alive ray gets its next few occupied samples (:func:`~synctalk.ops.alive.march_next`),
+the density is evaluated on them, a weights-only :func:`~synctalk.ops.alive.composite_step`
+tells which need a colour (weight > 0, i.e. reached with transmittance ≥ ``early_stop``),
+a second one composites them, and finished rays are dropped
+(:func:`~synctalk.ops.alive.compact`).
+
 Outputs per ray: ``rgb [R, 3]`` (head over background), ``opacity [R]`` (head alpha),
 ``depth [R]`` (box units along the ray), ``amb_audio [R]`` / ``amb_bs [R]`` (composited
 region-attention magnitudes), ``unc [R]`` (composited uncertainty); ``n_samples`` (int);
@@ -30,9 +38,11 @@ from typing import Iterator
 
 import torch
 
+from synctalk.errors import InputError
 from synctalk.nerf.field import FrameConditioning, HeadField
 from synctalk.nerf.geometry import AABB
 from synctalk.nerf.occupancy import OccupancyGrid
+from synctalk.ops.alive import AliveState, compact, composite_step, march_next
 from synctalk.ops.composite import composite, early_termination_mask
 from synctalk.ops.raymarch import PackedSamples, march_rays, ray_aabb
 
@@ -177,3 +187,107 @@ def _progressive_density(field: HeadField, xyz: torch.Tensor, cond: FrameConditi
         vals = torch.cat([p[1][key] for p in parts]) if parts else torch.zeros(0, device=device)
         dens[key] = vals[perm]
     return subset_samples(samples, keep), dens, keep
+
+
+#: Samples per ray in the first round of :func:`render_rays_alive` and the most in any round
+#: (the count doubles each round up to the cap).
+ALIVE_FIRST_STEP = 2
+ALIVE_MAX_STEP = 8
+
+
+@torch.no_grad()
+def render_rays_alive(field: HeadField, occ: OccupancyGrid, rays_o: torch.Tensor, rays_d: torch.Tensor,
+                      cond: FrameConditioning, bg: torch.Tensor, *, early_stop: float,
+                      ray_frame: torch.Tensor | None = None, n_samples: int = 16, backend: str = "auto",
+                      timings: dict | None = None, first_step: int = ALIVE_FIRST_STEP,
+                      max_step: int = ALIVE_MAX_STEP) -> dict:
+    """Inference render of ``R`` rays of the head over ``bg`` with the alive-ray loop.
+
+    The same image as ``render_rays(..., early_stop=early_stop)`` (the samples are
+    ``march_rays``' and the compositing is the same, so pixels agree to float round-off
+    except for samples after a ray's termination point: ``render_rays`` counts their tiny
+    weights in the opacity, this stops at the first sample reached with transmittance below
+    ``early_stop``; a pixel differs by less than ``early_stop``).
+
+    Round ``i`` gives each alive ray its next ``min(first_step · 2^i, max_step, n_samples)``
+    occupied samples. With ``first_step = 2`` and ``max_step`` a power of two (the defaults:
+    2, 4, 8, 8, …) the round boundaries include ``render_rays``' (2, 6, 14, 30, …), so no ray
+    gets more density evaluations than there (up to round-off at the threshold) and a ray
+    that stops deep inside its samples wastes fewer than 8 instead of up to half of them.
+    Colour is evaluated only on samples with a non-zero weight (as in ``render_rays``).
+
+    Args:
+        field, occ, rays_o, rays_d, cond, bg, ray_frame, n_samples, backend, timings: as
+            for :func:`render_rays`.
+        early_stop: transmittance below which a ray stops (> 0 for any saving; 0 composites
+            every sample).
+        first_step, max_step: samples per ray in the first round and the most in any round
+            (integers ≥ 1).
+
+    Returns:
+        As :func:`render_rays`: ``rgb [R, 3]``, ``opacity``, ``depth``, ``amb_audio``,
+        ``amb_bs``, ``unc`` ``[R]``, ``n_samples`` (density evaluations), ``hit [R]``; plus
+        ``n_color_samples`` (colour evaluations) and ``rounds``.
+    """
+    if int(first_step) != first_step or int(max_step) != max_step or not 1 <= first_step <= max_step:
+        raise InputError(f"render_rays_alive: need integers 1 ≤ first_step ≤ max_step, got "
+                         f"{first_step}, {max_step}")
+    device = rays_o.device
+    n_rays = len(rays_o)
+    aabb = torch.tensor(AABB, device=device, dtype=rays_o.dtype)
+    with _timed(timings, "march", device):
+        t_near, t_far = ray_aabb(rays_o, rays_d, aabb, backend=backend)
+        hit = t_far > t_near
+        hit_idx = hit.nonzero()[:, 0]
+        o, d, tn, tf = rays_o[hit_idx], rays_d[hit_idx], t_near[hit_idx], t_far[hit_idx]
+        frame = None if ray_frame is None else ray_frame[hit_idx]
+    state = AliveState.create(len(hit_idx), 3, 3, device=device)  # extras: amb_audio, amb_bs, unc
+    alive = torch.arange(len(hit_idx), device=device)
+    k, n_density, n_color, rounds = min(int(first_step), n_samples), 0, 0, 0
+    while alive.numel():
+        if rounds > n_samples:  # every round moves each alive ray ≥ 1 candidate on
+            raise RuntimeError(f"render_rays_alive: rays still alive after {rounds} rounds of {n_samples} "
+                               f"candidates: march_next (backend {backend!r}) does not advance next_index")
+        rounds += 1
+        A = alive.numel()
+        with _timed(timings, "march", device):
+            step = march_next(o, d, tn, tf, state.next_index, alive, occ.occupied, aabb, n_samples, k,
+                              backend=backend)
+            ai, ji = step.valid.nonzero(as_tuple=True)      # round-major (ray, sample) order
+            rows = alive[ai]
+            xyz = o[rows] + d[rows] * step.t_mid[ai, ji].unsqueeze(-1)
+            index = None if frame is None else frame[rows]
+        if len(ai):
+            with _timed(timings, "field", device):
+                dens = field.density(xyz, cond, index)
+            sigma = torch.zeros(A, k, device=device).index_put_((ai, ji), dens["sigma"].float())
+            with _timed(timings, "composite", device):
+                weights = composite_step(sigma, None, step, alive, state, early_stop, backend=backend)
+                live = (weights[ai, ji] > 0).nonzero()[:, 0]
+            extras = torch.zeros(A, k, 3, device=device)
+            extras[ai, ji, 0] = dens["amb_audio"].float()
+            extras[ai, ji, 1] = dens["amb_bs"].float()
+            rgb = torch.zeros(A, k, 3, device=device)
+            if len(live):
+                with _timed(timings, "field", device):
+                    rgb_l, unc_l = field.color(d[rows[live]], dens["geo"][live], cond,
+                                               None if index is None else index[live])
+                rgb[ai[live], ji[live]] = rgb_l.float()
+                extras[ai[live], ji[live], 2] = unc_l.float()
+            with _timed(timings, "composite", device):
+                composite_step(sigma, rgb, step, alive, state, early_stop, extras=extras, backend=backend)
+            n_density += len(ai)
+            n_color += len(live)
+        with _timed(timings, "march", device):
+            alive = compact(alive, state.transmittance, state.next_index, n_samples, early_stop)
+        k = min(2 * k, int(max_step), n_samples)
+    with _timed(timings, "composite", device):
+        bg_hit = bg[hit_idx].to(state.color.dtype)
+        color = state.color + (1 - state.opacity).unsqueeze(-1) * bg_hit
+        out_rgb = bg.clone().to(color.dtype).index_put((hit_idx,), color)
+        zeros = torch.zeros(n_rays, device=device, dtype=state.opacity.dtype)
+        opacity = zeros.index_put((hit_idx,), state.opacity)
+        depth = zeros.index_put((hit_idx,), state.depth)
+        ex = torch.zeros(n_rays, 3, device=device, dtype=state.extras.dtype).index_put((hit_idx,), state.extras)
+    return {"rgb": out_rgb, "opacity": opacity, "depth": depth, "amb_audio": ex[:, 0], "amb_bs": ex[:, 1],
+            "unc": ex[:, 2], "n_samples": n_density, "n_color_samples": n_color, "rounds": rounds, "hit": hit}

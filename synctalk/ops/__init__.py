@@ -7,8 +7,11 @@ by :mod:`synctalk.ops.backend`: the ``"torch"`` reference always exists; ``"nati
 * :mod:`~synctalk.ops.grid` — multi-resolution dense/hash grids, tri-plane encoding, encoders.
 * :mod:`~synctalk.ops.raymarch` — ray–AABB, occupancy-grid marching into packed samples.
 * :mod:`~synctalk.ops.composite` — volume compositing of packed samples.
+* :mod:`~synctalk.ops.alive` — the inference loop over alive rays: next samples per ray,
+  compositing step with early termination, compaction.
 * :mod:`~synctalk.ops.density` — density-grid update, visibility, bitfields, Morton order.
 """
+from synctalk.ops.alive import AliveState, StepSamples, compact, composite_step, march_next
 from synctalk.ops.backend import (AUTO_ORDER, OPS, available, chosen, register_backend, register_loader,
                                   resolve)
 from synctalk.ops.composite import composite, early_termination_mask, exclusive_segment_cumsum, segment_sum
@@ -19,6 +22,7 @@ from synctalk.ops.grid import (HASH_PRIMES, TRIPLANE_AXES, GridEncoder, GridSpec
 from synctalk.ops.raymarch import PackedSamples, march_rays, occupancy_index, ray_aabb, to_unit_cube
 
 __all__ = [
+    "AliveState", "StepSamples", "compact", "composite_step", "march_next",
     "AUTO_ORDER", "OPS", "available", "chosen", "register_backend", "register_loader", "resolve",
     "composite", "early_termination_mask", "exclusive_segment_cumsum", "segment_sum",
     "cell_centers", "cells_seen", "dilate_occupancy", "from_morton_order", "morton3", "morton3_decode", "pack_bitfield",

@@ -1,9 +1,10 @@
 """Backend registry of the hot ops: one public function per op, several implementations.
 
 Every hot op (``grid_encode``, ``triplane_encode``, ``ray_aabb``, ``march_rays``,
-``composite``) is a public function in :mod:`synctalk.ops` with a ``backend: str = "auto"``
-keyword. The function looks its implementation up here with :func:`resolve` and calls it
-with the same positional/keyword arguments minus ``backend``.
+``composite``, and the alive-ray loop's ``march_next`` and ``composite_step``) is a public
+function in :mod:`synctalk.ops` with a ``backend: str = "auto"`` keyword. The function looks
+its implementation up here with :func:`resolve` and calls it with the same positional/keyword
+arguments minus ``backend``.
 
 * ``"torch"`` — the pure-PyTorch reference, registered by the op modules on import; always
   present, differentiable by autograd, the oracle for tests.
@@ -27,7 +28,8 @@ from synctalk.errors import InputError
 log = logging.getLogger(__name__)
 
 #: Names of the dispatched ops, in documentation order.
-OPS: tuple[str, ...] = ("grid_encode", "triplane_encode", "ray_aabb", "march_rays", "composite")
+OPS: tuple[str, ...] = ("grid_encode", "triplane_encode", "ray_aabb", "march_rays", "composite", "march_next",
+                        "composite_step")
 
 #: Preference order of ``backend="auto"`` (fastest first); ``torch`` is always last.
 AUTO_ORDER: tuple[str, ...] = ("native", "torch")

@@ -33,6 +33,10 @@ torch reference, see each op's docstring):
   float32/float64 are computed in float32 (fp16 grid tables are read as fp16). Tensors
   on different devices, or integer tensors where floats are expected, raise
   :class:`~synctalk.errors.InputError`.
+* ``march_next`` and ``composite_step`` (the alive-ray loop, :mod:`synctalk.ops.alive`) are
+  inference ops, never differentiable (neither is their reference); they update the loop's
+  state tensors in place, so those must already be contiguous in one float dtype (the
+  public functions check it).
 * ``ray_aabb`` and ``march_rays`` are not differentiable natively: when grad mode is on
   and a ray input requires grad they run the torch reference instead (sampling positions
   are normally constants). ``composite`` returns gradients for ``sigmas``, ``rgbs``,
@@ -71,7 +75,7 @@ log = logging.getLogger(__name__)
 
 #: Version of the binding interface; part of the build tag so a changed Python side never
 #: loads an old library.
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 #: C++ flags of the CPU build: no fused multiply-add contraction, so sample positions
 #: round exactly like the torch reference; no floating-point trap semantics (results are
@@ -581,6 +585,53 @@ def composite(sigmas: Tensor, rgbs: Tensor, samples: PackedSamples, extras: Tens
 
 
 # ----------------------------------------------------------------------------------------
+# the alive-ray loop
+
+
+def march_next(rays_o: Tensor, rays_d: Tensor, t_near: Tensor, t_far: Tensor, next_index: Tensor,
+               alive: Tensor, occupied: Tensor | None, aabb: Tensor, n_samples: int, k: int):
+    """Native :func:`synctalk.ops.alive.march_next`: the same samples bit for bit (those of
+    ``march_rays``), ``next_index`` updated in place. Returns a
+    :class:`~synctalk.ops.alive.StepSamples`."""
+    from synctalk.ops.alive import StepSamples, _march_next_torch
+
+    dtype = _ray_dtype("march_next", rays_o, rays_d, t_near=t_near, t_far=t_far)
+    device = _same_device("march_next", rays_o=rays_o, rays_d=rays_d, t_near=t_near, t_far=t_far,
+                          next_index=next_index, alive=alive, occupied=occupied)
+    if _cuda_unsupported(device):
+        return _march_next_torch(rays_o, rays_d, t_near, t_far, next_index, alive, occupied, aabb, n_samples, k)
+    occ, bits, bits_res = None, None, 0
+    if occupied is not None:
+        if device.type == "cpu":
+            bits, bits_res = _occupancy_bits(occupied), occupied.shape[0]
+        else:
+            occ = _prep(occupied, torch.bool)
+    box = aabb.to(device=device, dtype=dtype).contiguous()
+    t_starts, t_ends, count = load().march_next(
+        _prep(rays_o, dtype), _prep(rays_d, dtype), _prep(t_near, dtype), _prep(t_far, dtype), next_index,
+        _prep(alive, torch.int64), occ, box, int(n_samples), int(k), bits, bits_res)
+    return StepSamples(t_starts=t_starts, t_ends=t_ends, count=count)
+
+
+def composite_step(sigmas: Tensor, rgbs: Tensor | None, samples, alive: Tensor, state, early_stop: float,
+                   extras: Tensor | None) -> Tensor:
+    """Native :func:`synctalk.ops.alive.composite_step` (same weights and state updates to
+    fp32 round-off; the per-sample inputs are computed in the state's dtype)."""
+    from synctalk.ops.alive import _composite_step_torch
+
+    device = _same_device("composite_step", sigmas=sigmas, rgbs=rgbs, extras=extras,
+                          t_starts=samples.t_starts, t_ends=samples.t_ends, count=samples.count, alive=alive,
+                          transmittance=state.transmittance)
+    if _cuda_unsupported(device):
+        return _composite_step_torch(sigmas, rgbs, samples, alive, state, early_stop, extras)
+    dtype = state.transmittance.dtype
+    return load().composite_step(
+        _prep(sigmas, dtype), _prep(rgbs, dtype), _prep(samples.t_starts, dtype), _prep(samples.t_ends, dtype),
+        _prep(samples.count, torch.int64), _prep(alive, torch.int64), _prep(extras, dtype), state.transmittance,
+        state.opacity, state.depth, state.color, state.extras if extras is not None else None, float(early_stop))
+
+
+# ----------------------------------------------------------------------------------------
 # density-grid helpers (not dispatched ops; the native counterparts of synctalk.ops.density)
 
 
@@ -639,6 +690,8 @@ IMPLEMENTATIONS = {
     "ray_aabb": ray_aabb,
     "march_rays": march_rays,
     "composite": composite,
+    "march_next": march_next,
+    "composite_step": composite_step,
 }
 
 

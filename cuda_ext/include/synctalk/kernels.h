@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "synctalk/alive.h"
 #include "synctalk/common.h"
 #include "synctalk/grid.h"
 #include "synctalk/composite.h"
