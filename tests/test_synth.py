@@ -163,3 +163,56 @@ def test_the_whole_head_moves_rigidly(face_landmarker_path):
     inside = [cv2.pointPolygonTest(poly, (float(x), float(y)), False) >= 0
               for x, y in zip(xs[head][::7], ys[head][::7])]
     assert np.mean(inside) > 0.97
+
+
+def test_ground_truth_has_the_head_ring(clip10):
+    gt = _gt(clip10)
+    ring = np.array([f["head_ring"] for f in gt["frames"]])
+    assert ring.shape[0] == 250 and ring.shape[1] >= 20 and ring.shape[2] == 2
+    assert np.isfinite(ring).all() and np.abs(ring - 128).max() < 256  # may leave the frame
+    assert "head_ring" in gt["conventions"]
+    # the ring turns with the head: it lies behind the pivot, so under a yaw it swings the
+    # other way from the nose tip
+    nose = np.array([f["landmarks"]["nose_tip"] for f in gt["frames"]])
+    assert ring.std(0).mean() > 1.0
+    assert np.corrcoef(ring.mean(1)[:, 0], nose[:, 0])[0, 1] < -0.6
+
+
+def _cameras(n, rng):
+    """``n`` camera-to-world poses around a head at the origin, 500 mm away, ±8° turns."""
+    from scipy.spatial.transform import Rotation
+
+    c2w = np.tile(np.eye(4), (n, 1, 1))
+    for i in range(n):
+        r = Rotation.from_euler("yxz", rng.uniform(-8, 8, 3), degrees=True).as_matrix()
+        t = np.array([0.0, 0.0, 500.0]) + rng.normal(0, 5, 3)
+        w2c = np.eye(4)
+        w2c[:3, :3], w2c[:3, 3] = r, t
+        c2w[i] = np.linalg.inv(w2c)
+    return c2w
+
+
+def test_rigid_misregistration_is_zero_for_exact_cameras_and_grows_with_rotation_error():
+    from synctalk.synth.validate import rigid_misregistration_px
+
+    rng = np.random.default_rng(0)
+    K = np.array([[800.0, 0, 256], [0, 800.0, 256], [0, 0, 1]])
+    X = rng.uniform(-90, 90, (30, 3))
+    c2w = _cameras(40, rng)
+    w2c = np.linalg.inv(c2w)
+    cam = np.einsum("nij,pj->npi", w2c[:, :3, :3], X) + w2c[:, None, :3, 3]
+    uv = cam[..., :2] / cam[..., 2:] * 800.0 + 256.0
+    exact = rigid_misregistration_px(uv, c2w, K)
+    assert exact.shape == (40, 30) and exact.max() < 1e-6
+    # the same world seen through a similarity (scaled, turned, moved) is still exact
+    s, q = 2.5, _cameras(1, rng)[0]
+    moved = q @ c2w
+    moved[:, :3, 3] *= s
+    assert rigid_misregistration_px(uv, moved, K).max() < 1e-6
+    from scipy.spatial.transform import Rotation
+
+    turn = Rotation.from_rotvec(rng.normal(0, np.deg2rad(0.5), (40, 3))).as_matrix()
+    noisy = c2w.copy()
+    noisy[:, :3, :3] = c2w[:, :3, :3] @ np.swapaxes(turn, 1, 2)  # camera turned by ~0.5°
+    rms = np.sqrt((rigid_misregistration_px(uv, noisy, K) ** 2).mean())
+    assert 1.0 < rms < 20  # 0.5° at f = 800 px is ~7 px before the triangulation absorbs some

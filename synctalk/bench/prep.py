@@ -29,8 +29,10 @@ whole prep runs in a fresh process (its own peak memory) into a subject director
 ``--synth`` instead makes a ``synctalk synth`` clip with exact head poses, preps it and
 reports the median relative-rotation error over frame pairs at lags 5–200 and the jitter
 against the truth (raw MediaPipe, per-frame PnP and stabilised), with the issue's
-acceptance limits (error ≤ 0.6°, jitter ≤ 3 × the truth's + 0.05°) as booleans, and the
-principal point used against the true one. Benchmarks report; they never assert.
+acceptance limits (error ≤ 0.6°, jitter ≤ 3 × the truth's + 0.05°) as booleans, the
+head-ring misregistration (px: how far the poses are from explaining the motion of rigid
+points around the hair/hat, :func:`~synctalk.synth.validate.rigid_misregistration_px`), and
+the principal point used against the true one. Benchmarks report; they never assert.
 """
 from __future__ import annotations
 
@@ -197,6 +199,7 @@ def bench_synth(synth_dir: Path, out: Path, args) -> dict:
         "jitter_deg": {"truth": round(jit_true, 4),
                        "raw_pnp": round(rotation_jitter_deg(r_pnp[:m]), 4),
                        "stabilised": round(jit, 4)},
+        "head_ring_misregistration_px": round(agree["head_ring_misregistration_px"], 4),
         "error_within_limit": bool(err <= MAX_REL_ROT_ERR_DEG),
         "jitter_within_limit": bool(jit <= JITTER_FACTOR * jit_true + JITTER_SLACK_DEG),
         "principal_point_px": [round(float(v), 2) for v in pp],

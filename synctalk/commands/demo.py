@@ -171,7 +171,8 @@ def run(args) -> int:
           f"subject in {subject} (report.md, preview.mp4); head-pose error "
           f"{poses['relative_rotation_error_deg']:.2f}° (raw MediaPipe "
           f"{poses['raw_relative_rotation_error_deg']:.2f}°), jitter {poses['jitter_deg']:.3f}° "
-          f"(truth {poses['true_jitter_deg']:.3f}°)\n"
+          f"(truth {poses['true_jitter_deg']:.3f}°); the poses register the whole head (hair, "
+          f"hat) to {poses['head_ring_misregistration_px']:.2f} px RMS\n"
           f"      audio: {audio['dim']}-d AVE features {audio['features']} ({trained})")
 
     # ---- train, with what the budget leaves after reserving render + eval time

@@ -76,6 +76,8 @@ def generate(out_dir, opts: SynthOptions) -> dict:
         for i, st in enumerate(states):
             rgb, lm = rig.render(st)
             per_frame.append(_frame_record(i, st, angles[i], lm, rig, mm_per_unit))
+            per_frame[-1]["head_ring"] = [[round(float(x), 2), round(float(y), 2)]
+                                          for x, y in rig.head_ring_2d(st)]
             yield rgb
 
     out_dir = Path(out_dir)
@@ -104,6 +106,9 @@ def generate(out_dir, opts: SynthOptions) -> dict:
                 "blink": "eyelid closure, 0 open .. 1 shut",
                 "landmarks": "projected positions [x, y] px of MediaPipe landmarks "
                              + ", ".join(f"{k}={v}" for k, v in KEY_LANDMARKS.items()),
+                "head_ring": "projected positions [x, y] px of the rig's head ring: points that "
+                             "move rigidly with the head, just beyond its hair or hat (a pose "
+                             "that registers them registers the whole head)",
             },
             "frames": per_frame,
         }

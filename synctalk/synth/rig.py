@@ -151,6 +151,7 @@ class HeadRig:
                                        np.zeros(len(outer) + len(border))])
         self.src2 = pts2  # [P, 2] source pixel positions
         self.n_lm = n_lm
+        self.ring_index = np.arange(n_lm, n_lm + len(ring))  # rows of the head ring
         depth = self.focal + z
         self.P0 = np.stack([(pts2[:, 0] - self.c) * depth / self.focal,
                             (pts2[:, 1] - self.c) * depth / self.focal, depth], 1)
@@ -231,6 +232,11 @@ class HeadRig:
     def landmarks_2d(self, state: FrameState) -> np.ndarray:
         """Projected face landmarks ``[478, 2]`` (pixels) for a frame."""
         return self._project(self.posed_points(state))[: self.n_lm, :2]
+
+    def head_ring_2d(self, state: FrameState) -> np.ndarray:
+        """Projected head-ring points ``[K, 2]`` (pixels) for a frame: rigid points around
+        the whole head (beyond the hair or hat), the farthest from the face that move with it."""
+        return self._project(self.posed_points(state)[self.ring_index])[:, :2]
 
     # ------------------------------------------------------------------ drawing
     def render(self, state: FrameState) -> tuple[np.ndarray, np.ndarray]:
