@@ -48,7 +48,7 @@ from torch import Tensor
 
 from synctalk.errors import InputError
 from synctalk.ops.backend import register_backend, resolve
-from synctalk.ops.raymarch import _check_aabb, _check_rays, to_unit_cube
+from synctalk.ops.raymarch import _check_aabb, _check_rays, candidate_intervals, occupied_at
 
 
 @dataclass
@@ -238,21 +238,12 @@ def _march_next_torch(rays_o: Tensor, rays_d: Tensor, t_near: Tensor, t_far: Ten
     K = int(n_samples)
     o, d, tn, tf = rays_o[alive], rays_d[alive], t_near[alive], t_far[alive]
     A = o.shape[0]
-    device, dtype = rays_o.device, rays_o.dtype
-    # The candidates of march_rays (same expressions, same rounding).
-    steps = torch.arange(K + 1, device=device, dtype=dtype) / K                    # [K+1]
-    edges = tn.unsqueeze(1) + (tf - tn).unsqueeze(1) * steps                        # [A, K+1]
-    t0, t1 = edges[:, :-1], edges[:, 1:]
+    t0, t1 = candidate_intervals(tn, tf, K)                                         # march_rays' own
     start = next_index[alive]
     keep = ((tf > tn).unsqueeze(1) & (t1 > t0)
-            & (torch.arange(K, device=device) >= start.unsqueeze(1)))               # [A, K]
+            & (torch.arange(K, device=rays_o.device) >= start.unsqueeze(1)))        # [A, K]
     if occupied is not None:
-        R = occupied.shape[0]
-        t_pos = (t0 + t1) * 0.5
-        xyz = o.unsqueeze(1) + t_pos.unsqueeze(-1) * d.unsqueeze(1)
-        cell = (to_unit_cube(xyz, aabb) * R).floor_().clamp_(0, R - 1).to(torch.int64)
-        index = (cell[..., 0] * R + cell[..., 1]) * R + cell[..., 2]
-        keep &= occupied.reshape(-1).to(device=device, dtype=torch.bool)[index]
+        keep &= occupied_at(o, d, (t0 + t1) * 0.5, occupied, aabb)
     rank = torch.cumsum(keep, 1)                                                    # kept so far, inclusive
     take = keep & (rank <= k)
     count = take.sum(1)

@@ -202,30 +202,42 @@ def occupancy_index(xyz: Tensor, aabb: Tensor, resolution: int) -> Tensor:
     return torch.where(inside, index, torch.full_like(index, -1))
 
 
+def candidate_intervals(t_near: Tensor, t_far: Tensor, n_samples: int) -> tuple[Tensor, Tensor]:
+    """``march_rays``' candidate intervals: ``(t_starts, t_ends)``, each ``[N, n_samples]``,
+    ``[t_near, t_far]`` cut into ``n_samples`` equal parts (the expressions every backend
+    rounds the same way)."""
+    K = int(n_samples)
+    steps = torch.arange(K + 1, device=t_near.device, dtype=t_near.dtype) / K         # [K+1]
+    edges = t_near.unsqueeze(1) + (t_far - t_near).unsqueeze(1) * steps             # [N, K+1]
+    return edges[:, :-1], edges[:, 1:]
+
+
+def occupied_at(rays_o: Tensor, rays_d: Tensor, t_pos: Tensor, occupied: Tensor, aabb: Tensor) -> Tensor:
+    """Whether the points ``rays_o + t_pos · rays_d`` (``t_pos [N, K]``) lie in occupied
+    cells of ``occupied [R, R, R]``: ``[N, K]`` bool. Points are clamped into the grid (not
+    rejected), so samples one rounding error outside a face of the box keep their cell."""
+    R = occupied.shape[0]
+    xyz = rays_o.unsqueeze(1) + t_pos.unsqueeze(-1) * rays_d.unsqueeze(1)           # [N, K, 3]
+    cell = (to_unit_cube(xyz, aabb) * R).floor_().clamp_(0, R - 1).to(torch.int64)
+    index = (cell[..., 0] * R + cell[..., 1]) * R + cell[..., 2]                       # [N, K]
+    return occupied.reshape(-1).to(device=index.device, dtype=torch.bool)[index]
+
+
 def _march_rays_torch(rays_o: Tensor, rays_d: Tensor, t_near: Tensor, t_far: Tensor,
                       occupied: Tensor | None, aabb: Tensor, n_samples: int, perturb: bool,
                       generator: torch.Generator | None) -> PackedSamples:
     N = rays_o.shape[0]
     K = int(n_samples)
-    dtype = rays_o.dtype
     hit = t_far > t_near
-    steps = torch.arange(K + 1, device=rays_o.device, dtype=dtype) / K             # [K+1]
-    edges = t_near.unsqueeze(1) + (t_far - t_near).unsqueeze(1) * steps             # [N, K+1]
-    t_starts, t_ends = edges[:, :-1], edges[:, 1:]
+    t_starts, t_ends = candidate_intervals(t_near, t_far, K)
     if perturb:
-        u = torch.rand((N, K), generator=generator, device=rays_o.device, dtype=dtype)
+        u = torch.rand((N, K), generator=generator, device=rays_o.device, dtype=rays_o.dtype)
         t_pos = t_starts + (t_ends - t_starts) * u
     else:
         t_pos = (t_starts + t_ends) * 0.5
     keep = hit.unsqueeze(1) & (t_ends > t_starts)                                    # [N, K]
     if occupied is not None:
-        # Candidates lie in the box by construction; clamping (rather than rejecting points
-        # one rounding error outside a face) keeps samples on the entry/exit faces.
-        R = occupied.shape[0]
-        xyz = rays_o.unsqueeze(1) + t_pos.unsqueeze(-1) * rays_d.unsqueeze(1)       # [N, K, 3]
-        cell = (to_unit_cube(xyz, aabb) * R).floor_().clamp_(0, R - 1).to(torch.int64)
-        index = (cell[..., 0] * R + cell[..., 1]) * R + cell[..., 2]                   # [N, K]
-        keep &= occupied.reshape(-1).to(torch.bool)[index]
+        keep &= occupied_at(rays_o, rays_d, t_pos, occupied, aabb)
     return PackedSamples.from_mask(keep, t_starts, t_ends, t_pos if perturb else None)
 
 
