@@ -424,6 +424,36 @@ std::vector<at::Tensor> ray_aabb(const at::Tensor& rays_o, const at::Tensor& ray
   return {t_near, t_far};
 }
 
+// The marching ops' occupancy argument: `occupied` ([R, R, R] bool), or (CPU only)
+// `occupied_bits` (pack_bitfield's bitfield of an R = bits_res grid), or neither (no grid).
+// Checks it, sets mp->grid_res (0: no grid) and mp->occupancy_bits, and returns the bytes
+// the kernels read (nullptr without a grid).
+static const uint8_t* occupancy_arg(const c10::optional<at::Tensor>& occupied,
+                                    const c10::optional<at::Tensor>& occupied_bits,
+                                    int64_t bits_res, const c10::Device& dev,
+                                    st::MarchParams* mp) {
+  mp->grid_res = 0;
+  mp->occupancy_bits = occupied_bits.has_value();
+  if (occupied.has_value()) {
+    TORCH_CHECK(!mp->occupancy_bits, "pass occupied or occupied_bits, not both");
+    check_float(*occupied, "occupied", at::kBool, dev);
+    TORCH_CHECK(occupied->dim() == 3 && occupied->size(0) == occupied->size(1) &&
+                    occupied->size(1) == occupied->size(2) && occupied->size(0) >= 1,
+                "occupied must be [R, R, R]");
+    mp->grid_res = static_cast<int>(occupied->size(0));
+    return reinterpret_cast<const uint8_t*>(occupied->data_ptr<bool>());
+  }
+  if (mp->occupancy_bits) {
+    TORCH_CHECK(!dev.is_cuda(), "occupied_bits is for the CPU kernels");
+    check_float(*occupied_bits, "occupied_bits", at::kByte, dev);
+    TORCH_CHECK(bits_res >= 1 && occupied_bits->numel() * 8 >= bits_res * bits_res * bits_res,
+                "occupied_bits must hold R^3 bits");
+    mp->grid_res = static_cast<int>(bits_res);
+    return occupied_bits->data_ptr<uint8_t>();
+  }
+  return nullptr;
+}
+
 // Returns (ray_indices [S], t_starts [S], t_ends [S], t_pos [S] (empty without
 // noise), offsets [N], counts [N]). occupied: [R, R, R] bool or None; noise:
 // [N, n_samples] uniform in [0, 1) or None (midpoints).
@@ -448,31 +478,12 @@ std::vector<at::Tensor> march_rays(const at::Tensor& rays_o, const at::Tensor& r
   mp.n_rays = n;
   mp.n_steps = static_cast<int>(n_samples);
   mp.perturb = noise.has_value();
-  mp.grid_res = 0;
-  if (occupied.has_value()) {
-    check_float(*occupied, "occupied", at::kBool, dev);
-    TORCH_CHECK(occupied->dim() == 3 && occupied->size(0) == occupied->size(1) &&
-                    occupied->size(1) == occupied->size(2) && occupied->size(0) >= 1,
-                "occupied must be [R, R, R]");
-    mp.grid_res = static_cast<int>(occupied->size(0));
-  }
-  mp.occupancy_bits = occupied_bits.has_value();
-  if (mp.occupancy_bits) {
-    TORCH_CHECK(!occupied.has_value(), "pass occupied or occupied_bits, not both");
-    TORCH_CHECK(!dev.is_cuda(), "occupied_bits is for the CPU kernels");
-    check_float(*occupied_bits, "occupied_bits", at::kByte, dev);
-    TORCH_CHECK(bits_res >= 1 && occupied_bits->numel() * 8 >= bits_res * bits_res * bits_res,
-                "occupied_bits must hold R^3 bits");
-    mp.grid_res = static_cast<int>(bits_res);
-  }
+  const uint8_t* occ = occupancy_arg(occupied, occupied_bits, bits_res, dev, &mp);
   if (noise.has_value()) {
     check_float(*noise, "noise", dt, dev);
     TORCH_CHECK(noise->dim() == 2 && noise->size(0) == n && noise->size(1) == n_samples,
                 "noise must be [N, n_samples]");
   }
-  const uint8_t* occ =
-      occupied.has_value() ? reinterpret_cast<const uint8_t*>(occupied->data_ptr<bool>())
-                           : (mp.occupancy_bits ? occupied_bits->data_ptr<uint8_t>() : nullptr);
   if (!dev.is_cuda()) {
     // CPU: one pass leaves each ray's kept candidates compacted in cand [N, 3, K]; a
     // copy packs them (no keep mask, no second evaluation of the candidates).
@@ -794,26 +805,7 @@ std::vector<at::Tensor> march_next(const at::Tensor& rays_o, const at::Tensor& r
   mp.n_rays = n;
   mp.n_steps = static_cast<int>(n_samples);
   mp.perturb = false;
-  mp.grid_res = 0;
-  if (occupied.has_value()) {
-    check_float(*occupied, "occupied", at::kBool, dev);
-    TORCH_CHECK(occupied->dim() == 3 && occupied->size(0) == occupied->size(1) &&
-                    occupied->size(1) == occupied->size(2) && occupied->size(0) >= 1,
-                "occupied must be [R, R, R]");
-    mp.grid_res = static_cast<int>(occupied->size(0));
-  }
-  mp.occupancy_bits = occupied_bits.has_value();
-  if (mp.occupancy_bits) {
-    TORCH_CHECK(!occupied.has_value(), "pass occupied or occupied_bits, not both");
-    TORCH_CHECK(!dev.is_cuda(), "occupied_bits is for the CPU kernels");
-    check_float(*occupied_bits, "occupied_bits", at::kByte, dev);
-    TORCH_CHECK(bits_res >= 1 && occupied_bits->numel() * 8 >= bits_res * bits_res * bits_res,
-                "occupied_bits must hold R^3 bits");
-    mp.grid_res = static_cast<int>(bits_res);
-  }
-  const uint8_t* occ =
-      occupied.has_value() ? reinterpret_cast<const uint8_t*>(occupied->data_ptr<bool>())
-                           : (mp.occupancy_bits ? occupied_bits->data_ptr<uint8_t>() : nullptr);
+  const uint8_t* occ = occupancy_arg(occupied, occupied_bits, bits_res, dev, &mp);
   const int64_t n_alive = alive.size(0);
   auto t_starts = at::empty({n_alive, k}, rays_o.options());
   auto t_ends = at::empty({n_alive, k}, rays_o.options());
