@@ -78,6 +78,7 @@ def tiny_model(nerf_subject, tmp_path_factory) -> Path:
         grid_log2_hashmap=12, hidden_dim=32, geo_dim=16, occ_resolution=16, occ_warmup=2,
         occ_update_every=2, samples_per_ray=8, infer_samples=16, rays_per_step=256,
         frames_per_step=2, lip_patch=12, head_iters=4, lip_iters=2, torso_iters=2,
+        register_iters=2, register_rays=64, pose_warmup=2,
         torso_rays_per_step=256, torso_levels=3, torso_base_res=8, torso_max_res=64,
         torso_anchors=4, val_every=0, val_frames=1, final_val_frames=1, ckpt_every=100,
         log_every=2, time_budget=None, seed=3)

@@ -118,10 +118,12 @@ def test_parity_reports_both_psnrs_and_their_difference(nerf_subject, native, tm
 
 
 def test_split_iters_follows_the_preset():
-    cfg = load_preset("demo").replace(head_iters=6000, lip_iters=1000, torso_iters=0)
-    assert _split_iters(cfg, 7) == {"head": 6, "lip": 1, "torso": 0}
-    assert _split_iters(cfg, 700) == {"head": 600, "lip": 100, "torso": 0}
-    assert _split_iters(cfg.replace(lip_iters=0), 7) == {"head": 7, "lip": 0, "torso": 0}
+    cfg = load_preset("demo").replace(head_iters=6000, lip_iters=1000, register_iters=0, torso_iters=0)
+    assert _split_iters(cfg, 7) == {"head": 6, "lip": 1, "register": 0, "torso": 0}
+    assert _split_iters(cfg, 700) == {"head": 600, "lip": 100, "register": 0, "torso": 0}
+    assert _split_iters(cfg.replace(register_iters=1000), 8) == {"head": 6, "lip": 1, "register": 1,
+                                                                 "torso": 0}
+    assert _split_iters(cfg.replace(lip_iters=0), 7) == {"head": 7, "lip": 0, "register": 0, "torso": 0}
     assert sum(_split_iters(cfg.replace(torso_iters=500), 13).values()) == 13
 
 

@@ -21,6 +21,7 @@ def tiny(**kw):
                 grid_log2_hashmap=12, hidden_dim=32, geo_dim=16, occ_resolution=16, occ_warmup=2,
                 occ_update_every=2, samples_per_ray=8, infer_samples=16, rays_per_step=256,
                 frames_per_step=2, lip_patch=12, head_iters=4, lip_iters=2, torso_iters=2,
+                register_iters=2, register_rays=64, pose_warmup=2,
                 torso_rays_per_step=256, torso_levels=3, torso_base_res=8, torso_max_res=64,
                 torso_anchors=4, val_every=0, val_frames=1, final_val_frames=2, ckpt_every=3,
                 log_every=2, time_budget=None, seed=3, w_uncertainty=0.1, w_alpha=0.05,
@@ -48,9 +49,10 @@ def trained(nerf_subject, tmp_path_factory):
 
 def test_model_directory_contents(trained, nerf_subject):
     out, res = trained
-    assert res.steps == 8 and not res.interrupted
+    assert res.steps == 10 and not res.interrupted
     assert res.stages == {"head": {"planned": 4, "target": 4, "done": 4},
                           "lip": {"planned": 2, "target": 2, "done": 2},
+                          "register": {"planned": 2, "target": 2, "done": 2},
                           "torso": {"planned": 2, "target": 2, "done": 2}}
     meta = json.loads((out / "config.json").read_text())
     assert meta["config"]["rays_per_step"] == 256 and meta["size"] == 64
@@ -61,32 +63,52 @@ def test_model_directory_contents(trained, nerf_subject):
         assert (out / name).is_file(), name
     assert (out / "ave.pt").read_bytes() == (nerf_subject / "ave.pt").read_bytes()
     ckpts = sorted((out / "checkpoints").glob("step_*.pt"))
-    assert [c.name for c in ckpts] == ["step_0000006.pt", "step_0000008.pt"]
+    assert [c.name for c in ckpts] == ["step_0000009.pt", "step_0000010.pt"]
     ck = torch.load(ckpts[-1], weights_only=True)
     assert {"model", "optimizer", "rng", "stage", "global_step", "plan"} <= set(ck)
     assert "occ.density" in ck["model"] and "occ.occupied" in ck["model"]
     summary = json.loads((out / "summary.json").read_text())
-    assert math.isfinite(summary["val"]["val_psnr"]) and summary["steps"] == 8
+    assert math.isfinite(summary["val"]["val_psnr"]) and summary["steps"] == 10
     recs = records(out)
     assert any(r.get("final") for r in recs) and all("step" in r for r in recs)
 
 
+def test_pose_corrections_learn_where_they_should(trained, nerf_subject):
+    # training frames' corrections learn with the head after pose_warmup, the val frames'
+    # only in the register stage (every val frame is in every register step)
+    out, res = trained
+    delta = final_state(out)["poses.delta"]
+    splits = json.loads((nerf_subject / "splits.json").read_text())
+    train_moved = delta[splits["train"]].abs().sum(1) > 0
+    assert (delta[splits["val"]].abs().sum(1) > 0).all()
+    assert 0 < int(train_moved.sum()) <= 2 * 2 + 2  # head steps 3-4 (2 frames each) + 2 lip steps
+    assert res.val["pose_corr_val_deg"] > 0 and res.val["pose_corr_train_deg"] > 0
+
+
+def test_lr_pose_zero_keeps_prep_poses(nerf_subject, tmp_path):
+    out = tmp_path / "fixed"
+    train(nerf_subject, out, tiny(lr_pose=0.0, register_iters=0, lip_iters=0, torso_iters=0,
+                                  pose_warmup=0), progress=False)
+    assert not final_state(out)["poses.delta"].any()
+
+
 def test_resume_after_a_kill_is_bit_exact(trained, nerf_subject, tmp_path):
     ref = final_state(trained[0])
-    # stop at step 5 (inside the lip stage): a checkpoint is written there
+    # stop at step 7 (inside the register stage): a checkpoint is written there
     out = tmp_path / "b"
-    res = train(nerf_subject, out, tiny(), progress=False, stop_after=5)
-    assert res.interrupted and res.steps == 5 and not (out / "model.pt").exists()
+    res = train(nerf_subject, out, tiny(), progress=False, stop_after=7)
+    assert res.interrupted and res.steps == 7 and not (out / "model.pt").exists()
     res = train(nerf_subject, out, None, progress=False, resume=True)
-    assert res.steps == 8 and not res.interrupted
+    assert res.steps == 10 and not res.interrupted
     got = final_state(out)
     assert ref.keys() == got.keys()
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
-    # a hard kill loses the step-5 checkpoint: resuming from step 3 repeats 4..5 identically
+    # a hard kill loses the step-7 checkpoint: resuming from step 6 (the end of the lip stage)
+    # repeats the register step 7 identically
     out = tmp_path / "c"
-    train(nerf_subject, out, tiny(), progress=False, stop_after=5)
-    (out / "checkpoints" / "step_0000005.pt").unlink()
+    train(nerf_subject, out, tiny(), progress=False, stop_after=7)
+    (out / "checkpoints" / "step_0000007.pt").unlink()
     train(nerf_subject, out, None, progress=False, resume=True)
     got = final_state(out)
     for k in ref:
@@ -97,7 +119,7 @@ def test_training_reduces_the_loss(nerf_subject, tmp_path, one_thread):
     # no occupancy updates in 60 steps: a 16³ grid thresholded at the mean density of a field
     # this young prunes part of the head (the demo warms up longer on a 64³ grid)
     out = tmp_path / "m"
-    train(nerf_subject, out, tiny(head_iters=60, lip_iters=0, torso_iters=0, log_every=10,
+    train(nerf_subject, out, tiny(head_iters=60, lip_iters=0, register_iters=0, torso_iters=0, log_every=10,
                                  rays_per_step=512, occ_warmup=1000,
                                  w_uncertainty=0.0, audio_noise=0.0),
           progress=False)
@@ -149,9 +171,15 @@ def test_talking_head_api(trained, nerf_subject, tmp_path):
     assert set(r["timings"]) == {"march", "field", "composite", "torso"}
     r2 = head.render_frame(new, 12, val, blink=1.0)
     assert r2["rgb"].shape == (64, 64, 3)
+    # an explicit camera is used as given; the source frame's own camera carries the model's
+    # (register-stage) correction, and without it is prep's pose
     c2w = np.load(nerf_subject / "poses.npz")["c2w"][val]
     r3 = head.render_frame(feats, val, val, c2w=c2w)
-    assert np.abs(r3["rgb"].astype(int) - r["rgb"].astype(int)).max() <= 1
+    assert np.abs(r3["rgb"].astype(int) - r["rgb"].astype(int)).max() > 1
+    with torch.no_grad():
+        head.model.poses.delta[val] = 0
+    r4 = head.render_frame(feats, val, val)
+    assert np.abs(r3["rgb"].astype(int) - r4["rgb"].astype(int)).max() <= 1
     with pytest.raises(InputError, match="source frame"):
         head.render_frame(feats, 0, 10_000)
     # missing / damaged model directories

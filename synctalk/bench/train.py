@@ -480,11 +480,14 @@ def _time_stage(stage: str, trainers: dict, counter: OpCallCounter, warmup: int,
 
 
 def _split_iters(cfg, iters: int) -> dict[str, int]:
-    """``iters`` steps over head / lip / torso in the preset's proportions (head gets the rest)."""
-    planned = {"head": cfg.head_iters, "lip": cfg.lip_iters, "torso": cfg.torso_iters}
+    """``iters`` steps over the training stages in the preset's proportions (head gets the
+    rest)."""
+    from synctalk.nerf.trainer import STAGES
+
+    planned = {s: getattr(cfg, f"{s}_iters") for s in STAGES}
     total = sum(planned.values())
     out = {s: int(iters * n / total) for s, n in planned.items()}
-    out["head"] = iters - out["lip"] - out["torso"]
+    out["head"] = iters - sum(n for s, n in out.items() if s != "head")
     return out
 
 
@@ -503,13 +506,12 @@ def run_parity(subject=None, *, iters: int, preset: str = "demo", backends=("tor
     subject, kind = _resolve_subject(subject, face_landmarker)
     base = _config(preset, subject, seed=seed, size=size, rays=rays, overrides=None)
     split = _split_iters(base, iters)
-    changes = {"head_iters": split["head"], "lip_iters": split["lip"], "torso_iters": split["torso"],
-               "val_every": 0, "ckpt_every": max(1, iters), **(overrides or {})}
+    changes = {**{f"{s}_iters": n for s, n in split.items()}, "val_every": 0, "ckpt_every": max(1, iters), **(overrides or {})}
     cfg = base.replace(**changes)
     wall0, cpu0, load0 = time.perf_counter(), time.process_time(), _load()
     result: dict = {"bench": "train", "mode": "parity", "preset": preset, "subject": str(subject),
                     "subject_kind": kind, **_machine(dev), "backends": names, "iters": iters,
-                    "stages": {s: getattr(cfg, f"{s}_iters") for s in ("head", "lip", "torso")},
+                    "stages": dict(split),
                     "config": _config_json(cfg), "runs": {}}
     counter = OpCallCounter()
     with _work_dir(work_dir) as work, counter.active():

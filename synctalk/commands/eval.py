@@ -1,7 +1,11 @@
 """``synctalk eval``: score a trained model on a split of its subject.
 
 Every frame of the split (default ``val``: the tail of the clip, never trained on) is
-rendered with the subject's own audio features and poses and compared with the real frame:
+rendered with the subject's own audio features and poses and compared with the real frame.
+The poses are prep's with the model's learned corrections (the val frames' come from the
+trainer's register stage, which fits them to the frozen model: the val frames' images already
+set their prep poses, so this is tracking, not training); ``--prep-poses`` leaves the
+corrections out. The metrics:
 
 * **image** — PSNR and SSIM over the full frame and over the face mask (``face_masks/``),
   and the same face-mask numbers for two do-nothing baselines: the background plate, and
@@ -59,6 +63,9 @@ def register(sub) -> None:
                    help="hot-op implementation")
     p.add_argument("--max-frames", type=int, default=None,
                    help="evaluate only the first N frames of the split")
+    p.add_argument("--prep-poses", action="store_true",
+                   help="render with prep's head poses, leaving out the model's learned pose "
+                        "corrections (for val frames: the register stage's)")
     p.add_argument("--json", action="store_true", help="print eval.json to stdout")
     p.set_defaults(func=run)
 
@@ -290,6 +297,9 @@ def evaluate(head, out_dir: Path, *, split: str = "val", ground_truth=None, ave_
         "size": side,
         "fps": fps,
         "encoder": getattr(head, "encoder_id", None),
+        "pose_correction": {**head.model.poses.magnitude(torch.tensor(frames)),
+                            "what": "RMS of the model's learned corrections of prep's head poses "
+                                    "over the split's frames (0: prep's poses)"},
         "image": {"psnr": mean("psnr"), "ssim": mean("ssim"), "psnr_face": psnr_face,
                   "ssim_face": mean("ssim_face"), "baseline": baselines,
                   "psnr_face_gain_db": psnr_face - best_base},
@@ -391,6 +401,8 @@ def _side_by_side_video(out_dir: Path, acc: _Acc, subject: Path, frames: list[in
 
 
 def run(args) -> int:
+    import torch
+
     from synctalk.commands.render import load_head
 
     model = Path(args.model).expanduser()
@@ -399,6 +411,9 @@ def run(args) -> int:
         raise OutputError(f"--out parent directory does not exist: {out_dir.parent} — "
                           "create it first.")
     head = load_head(model, args.device, args.backend)
+    if args.prep_poses:
+        with torch.no_grad():
+            head.model.poses.delta.zero_()
     res = evaluate(head, out_dir, split=args.split, ground_truth=args.ground_truth,
                    ave_path=args.ave, face_landmarker=args.face_landmarker,
                    max_frames=args.max_frames)

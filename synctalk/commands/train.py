@@ -68,11 +68,12 @@ def resolve_config(args):
     if args.iters is not None:
         if args.iters < 1:
             raise InputError(f"--iters must be ≥ 1, got {args.iters}")
-        parts = [cfg.head_iters, cfg.lip_iters, cfg.torso_iters]
+        names = ("head_iters", "lip_iters", "register_iters", "torso_iters")
+        parts = [getattr(cfg, n) for n in names]
         total = sum(parts)
         scaled = [int(round(args.iters * p / total)) for p in parts]
         scaled[0] += args.iters - sum(scaled)
-        cfg = cfg.replace(head_iters=scaled[0], lip_iters=scaled[1], torso_iters=scaled[2])
+        cfg = cfg.replace(**dict(zip(names, scaled)))
     return cfg
 
 

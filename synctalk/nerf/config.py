@@ -114,6 +114,8 @@ class TrainConfig:
     """head-stage steps"""
     lip_iters: int = 40000
     """lip fine-tune steps"""
+    register_iters: int = 200
+    """register stage: steps fitting the val frames' pose corrections to the frozen head (0 = off)"""
     torso_iters: int = 20000
     """torso-stage steps (0 = keep the subject's torso images)"""
     # --- optimiser
@@ -123,6 +125,14 @@ class TrainConfig:
     """AdamW learning rate of the networks and codes"""
     lr_final: float = 0.1
     """learning rates decay exponentially to this fraction at the end of a stage group"""
+    lr_pose: float = 1e-4
+    """AdamW learning rate of the per-frame pose corrections (0 = keep prep's poses)"""
+    lr_register: float = 1e-3
+    """AdamW learning rate of the val frames' pose corrections in the register stage"""
+    pose_warmup: int = 1000
+    """head-stage steps before the pose corrections start to learn"""
+    register_rays: int = 4096
+    """register stage: rays per step, spread over all val frames"""
     weight_decay: float = 1e-6
     """AdamW weight decay of the networks (grids: none)"""
     adam_beta1: float = 0.0
@@ -220,7 +230,11 @@ class TrainConfig:
              and self.mouth_fraction + self.face_fraction + self.head_fraction <= 1,
              "mouth_fraction, face_fraction and head_fraction must be ≥ 0 with a sum ≤ 1")
         need(self.lip_patch >= 8, "lip_patch ≥ 8")
-        need(min(self.head_iters, self.lip_iters, self.torso_iters) >= 0, "iteration counts ≥ 0")
+        need(min(self.head_iters, self.lip_iters, self.register_iters, self.torso_iters) >= 0,
+             "iteration counts ≥ 0")
+        need(min(self.lr_pose, self.lr_register, self.pose_warmup) >= 0,
+             "lr_pose, lr_register and pose_warmup ≥ 0")
+        need(self.register_rays >= 16, "register_rays ≥ 16")
         need(self.head_iters + self.lip_iters + self.torso_iters > 0, "nothing to train: all iters 0")
         need(0 < self.lr_final <= 1, "lr_final must be in (0, 1]")
         need(self.torso_anchors >= 1, "torso_anchors ≥ 1")

@@ -411,6 +411,9 @@ class RaySampler:
     up to p/8 px) plus ``lip_random_patches`` patches of the same size anywhere in the head
     box, in row-major patch order (for SSIM).
 
+    Register stage (:meth:`register`): every val frame, the head stage's boxes without the
+    mouth box.
+
     Torso stage (:meth:`torso`): uniform over the whole frame, half of it inside the box
     around the neck and torso labels.
 
@@ -439,15 +442,29 @@ class RaySampler:
         return t[torch.randint(len(t), (n,), generator=gen)]
 
     def head(self, gen: torch.Generator) -> RayBatch:
-        frames = self._frames(self.fps_, gen)
-        per = self.rays // self.fps_
-        counts = [int(round(per * f)) for f in (self.mouth_fraction, self.face_fraction,
-                                                 self.head_fraction)]
+        return self._in_boxes(self._frames(self.fps_, gen), self.rays // self.fps_,
+                              (self.mouth_fraction, self.face_fraction, self.head_fraction), gen)
+
+    def register(self, gen: torch.Generator, rays: int) -> RayBatch:
+        """Rays of every val frame (at least one each, ``rays`` in all when there are
+        enough): the head stage's boxes without the mouth box, whose share goes to the face
+        box — the pose is registered on the rigid head, not on the audio-driven mouth."""
+        frames = self.data.val_idx
+        if len(frames) == 0:
+            raise InputError("the subject has no val frames to register; set register_iters: 0.")
+        return self._in_boxes(frames, max(1, rays // len(frames)),
+                              (0.0, self.face_fraction + self.mouth_fraction, self.head_fraction), gen)
+
+    def _in_boxes(self, frames: torch.Tensor, per: int, fractions: tuple[float, float, float],
+                  gen: torch.Generator) -> RayBatch:
+        """``per`` rays in each of ``frames [F]``: shares ``fractions`` (mouth area, face box,
+        head box) uniform in those boxes, the rest in the head AABB's box."""
+        counts = [int(round(per * f)) for f in fractions]
         counts.append(per - sum(counts))
         b = self.data.boxes
         fr = frames.repeat_interleave(per)
         kinds = torch.cat([torch.full((n,), k, dtype=torch.long)
-                           for k, n in enumerate(counts)]).repeat(self.fps_)
+                           for k, n in enumerate(counts)]).repeat(len(frames))
         all_boxes = torch.stack([self.mouth_area[fr], b["face"][fr], b["head"][fr],
                                  b["aabb"][fr]])  # [4, R, 4]
         chosen = all_boxes[kinds, torch.arange(len(fr))]

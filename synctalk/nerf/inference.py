@@ -11,7 +11,8 @@ A frame is drawn from the audio features around ``t`` (temporal attention over
 head pose, the blendshapes (brows/blinks; ``blink`` overrides the two blink scores), the
 appearance code (the nearest training frame's for val frames), and what lies behind the
 head: the torso field over the background plate when the model has a trained torso, else
-the subject's torso image of that frame over the plate.
+the subject's torso image of that frame over the plate. A subject frame's camera is prep's
+pose with the model's learned correction for that frame (:func:`frame_camera`).
 
 Only rays that hit the head box are marched (``infer_samples`` per ray, samples in occupied
 cells only, early termination at transmittance ``early_stop``); every other pixel takes the
@@ -43,6 +44,14 @@ from synctalk.nerf.renderer import render_rays, render_rays_alive
 INFERENCE_LOOPS = ("alive", "packed")
 #: Blendshape names the ``blink`` override replaces.
 BLINK_NAMES = ("eyeBlinkLeft", "eyeBlinkRight")
+
+
+def frame_camera(model: TalkingHeadModel, data: SubjectData, f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box-space camera ``(cam_o [3], cam_rot [3, 3])`` (CPU float32) of subject frame ``f``:
+    prep's pose with the model's correction for the frame."""
+    o, rot = model.poses.cameras(torch.tensor([f]), data.cam_o[f][None], data.cam_rot[f][None],
+                                 data.box, grad=False)
+    return o[0].detach(), rot[0].detach()
 
 
 def frame_rect(cam_o: torch.Tensor, cam_rot: torch.Tensor, K: torch.Tensor, size: int) -> tuple[int, int, int, int]:
@@ -92,7 +101,7 @@ def render_head_image(model: TalkingHeadModel, data: SubjectData, feats: torch.T
         o, rot = box_cameras(np.asarray(c2w, np.float64)[None], data.box)
         cam_o, cam_rot = o[0], rot[0]
     else:
-        cam_o, cam_rot = data.cam_o[f], data.cam_rot[f]
+        cam_o, cam_rot = frame_camera(model, data, f)
     K = data.K
     bs = data.blendshapes[f].clone()
     if blink is not None:
@@ -129,7 +138,7 @@ def torso_layer(model: TalkingHeadModel, data: SubjectData, source_frame: int,
     if c2w is not None:
         o, rot = box_cameras(np.asarray(c2w, np.float64)[None], data.box)
     else:
-        o, rot = data.cam_o[source_frame][None], data.cam_rot[source_frame][None]
+        o, rot = (v[None] for v in frame_camera(model, data, int(source_frame)))
     anchors = model.torso.anchor_positions(o.to(device), rot.to(device), data.K.to(device), size)
     ys, xs = torch.meshgrid(torch.arange(size, device=device), torch.arange(size, device=device),
                             indexing="ij")

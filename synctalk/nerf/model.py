@@ -35,6 +35,7 @@ from synctalk.errors import ModelFileError
 from synctalk.nerf.config import TrainConfig
 from synctalk.nerf.field import HeadField
 from synctalk.nerf.occupancy import OccupancyGrid
+from synctalk.nerf.poses import PoseRefinement
 from synctalk.nerf.torso import TorsoField
 
 MODEL_FORMAT = "synctalk-model/1"
@@ -65,7 +66,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 class TalkingHeadModel(nn.Module):
-    """Head field + occupancy grid + torso field + audio normalisation.
+    """Head field + occupancy grid + torso field + per-frame pose corrections
+    (:class:`~synctalk.nerf.poses.PoseRefinement`) + audio normalisation.
 
     Audio features ``f [T, D]`` enter the head field as ``((f − mean) / std) @ basis``:
     per-dimension standardisation with the training frames' statistics, then (``audio_pca``
@@ -88,6 +90,7 @@ class TalkingHeadModel(nn.Module):
             self.head = HeadField(cfg, n_frames, n_bs, k, generator=gen)
             self.torso = TorsoField(cfg, n_frames, generator=gen)
         self.occ = OccupancyGrid(cfg.occ_resolution)
+        self.poses = PoseRefinement(n_frames)
         self.register_buffer("audio_mean", torch.zeros(audio_in))
         self.register_buffer("audio_std", torch.ones(audio_in))
         self.register_buffer("audio_basis", torch.eye(audio_in)[:, :k].contiguous())

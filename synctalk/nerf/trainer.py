@@ -1,4 +1,4 @@
-"""Training: head → lip fine-tune → torso, with exact resume.
+"""Training: head → lip fine-tune → val-pose registration → torso, with exact resume.
 
 Stages (:data:`STAGES`; any with 0 iterations is skipped):
 
@@ -11,9 +11,18 @@ Stages (:data:`STAGES`; any with 0 iterations is skipped):
 2. **lip** — the same head, rays from :meth:`RaySampler.lip` (mouth patch + random patches):
    L1 + ``w_lip_ssim``·(1 − SSIM) per patch, plus the locality terms. (LPIPS is not used: it
    needs pretrained weights this project does not ship.)
-3. **torso** — the head frozen; the 2-D torso field composited over the background plate is
+3. **register** — the head frozen; each val frame's pose correction (below) is fitted to its
+   image: ``register_rays`` rays per step spread over all val frames (the training
+   sampler's face/head/AABB boxes; none aimed at the mouth, which the audio drives), plain
+   L1. Val frames are never trained on, so without this they keep prep's poses.
+4. **torso** — the head frozen; the 2-D torso field composited over the background plate is
    fitted to the subject's torso images (``torso/`` over ``background.png``) with L1 plus
    0.05·BCE of its alpha against the neck/torso labels.
+
+Pose corrections: every frame's prep pose gets a learned rigid correction
+(:mod:`synctalk.nerf.poses`); the training frames' corrections learn with the field from head
+step ``pose_warmup`` on (learning rate ``lr_pose``, on the same decay), the val frames' in the
+register stage (``lr_register``, decaying over the stage). ``lr_pose = 0`` keeps prep's poses.
 
 Optimiser: AdamW with β = (``adam_beta1``, 0.99) (default β₁ = 0), learning rate
 ``lr_grid`` for grid tables (no weight decay) and ``lr_net`` for networks and codes, decaying
@@ -69,9 +78,9 @@ from synctalk.nerf.renderer import render_rays
 
 log = logging.getLogger(__name__)
 
-STAGES = ("head", "lip", "torso")
+STAGES = ("head", "lip", "register", "torso")
 #: Relative cost of one step of each stage before it is measured (head = 1).
-DEFAULT_COST = {"head": 1.0, "lip": 1.0, "torso": 0.3}
+DEFAULT_COST = {"head": 1.0, "lip": 1.0, "register": 1.5, "torso": 0.3}
 KEEP_CHECKPOINTS = 2
 #: Steps over which the time budget measures the step rate.
 RATE_WINDOW = 40
@@ -292,6 +301,8 @@ class Trainer:
             torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.plan = {s: StagePlan(getattr(cfg, f"{s}_iters"), getattr(cfg, f"{s}_iters")) for s in STAGES}
+        if len(self.data.val_idx) == 0:  # nothing to register
+            self.plan["register"] = StagePlan(0, 0)
         self.stage = next((s for s in STAGES if self.plan[s].planned > 0), STAGES[0])
         self.global_step = 0
         self.optimizer: torch.optim.Optimizer | None = None
@@ -310,18 +321,24 @@ class Trainer:
     # ------------------------------------------------------------------ optimiser
     def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
         cfg = self.cfg
-        mod = self.model.torso if stage == "torso" else self.model.head
-        groups = [{"params": mod.grid_parameters(), "lr": cfg.lr_grid, "weight_decay": 0.0,
-                   "base_lr": cfg.lr_grid},
-                  {"params": mod.net_parameters(), "lr": cfg.lr_net, "weight_decay": cfg.weight_decay,
-                   "base_lr": cfg.lr_net}]
+        pose = {"params": [self.model.poses.delta], "weight_decay": 0.0}
+        if stage == "register":
+            groups = [{**pose, "lr": cfg.lr_register, "base_lr": cfg.lr_register}]
+        else:
+            mod = self.model.torso if stage == "torso" else self.model.head
+            groups = [{"params": mod.grid_parameters(), "lr": cfg.lr_grid, "weight_decay": 0.0,
+                       "base_lr": cfg.lr_grid},
+                      {"params": mod.net_parameters(), "lr": cfg.lr_net,
+                       "weight_decay": cfg.weight_decay, "base_lr": cfg.lr_net}]
+            if stage != "torso" and cfg.lr_pose > 0:
+                groups.append({**pose, "lr": cfg.lr_pose, "base_lr": cfg.lr_pose})
         return torch.optim.AdamW(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
 
     def _lr_exponent(self, stage: str, step: int) -> float:
         """Fraction of the way to ``lr_final`` (0 → 1) of ``step`` within ``stage``."""
         p = self.plan
         frac = min(1.0, step / max(1, p[stage].target))
-        if stage == "torso":
+        if stage in ("register", "torso"):
             return frac
         head_n, lip_n = p["head"].target, p["lip"].target
         share = head_n / max(1, head_n + lip_n)
@@ -542,26 +559,40 @@ class Trainer:
             return self._update_occupancy()
 
     # ------------------------------------------------------------------ one step
-    def _conditioning(self, batch: RayBatch):
-        frames_u, inv = torch.unique(batch.frame, return_inverse=True)
+    def _conditioning(self, frames_u: torch.Tensor, *, noise: bool = True):
+        """Per-frame conditioning of the (sorted, unique) ``frames_u``; frames outside the
+        training split take the nearest training frame's appearance code."""
         dev = self.device
         fu = frames_u.to(dev)
         feats = self.feats
-        if self.cfg.audio_noise > 0:
-            noise = torch.randn(feats.shape, generator=self.gen)
-            feats = feats + self.cfg.audio_noise * noise.to(dev)
-        cond = self.model.head.frame_conditioning(feats, fu, self.data.blendshapes[frames_u].to(dev), fu)
-        return cond, inv.to(dev)
+        if noise and self.cfg.audio_noise > 0:
+            noise_t = torch.randn(feats.shape, generator=self.gen)
+            feats = feats + self.cfg.audio_noise * noise_t.to(dev)
+        codes = torch.tensor([self.data.nearest_train_frame(int(f)) for f in frames_u], device=dev)
+        return self.model.head.frame_conditioning(feats, fu, self.data.blendshapes[frames_u].to(dev),
+                                                  codes)
 
-    def _render_batch(self, batch: RayBatch):
+    def _pose_learns(self, stage: str) -> bool:
+        """Whether this step's rays carry gradients to the pose corrections."""
+        if stage == "register":
+            return True
+        return stage in ("head", "lip") and self.cfg.lr_pose > 0 and (
+            stage == "lip" or self.plan["head"].done >= self.cfg.pose_warmup)
+
+    def _render_batch(self, batch: RayBatch, stage: str):
         d = self.data
         dev = self.device
-        cond, inv = self._conditioning(batch)
-        rays_o, rays_d = pixel_rays(d.cam_o, d.cam_rot, d.K, batch.xy, batch.frame)
+        frames_u, inv = torch.unique(batch.frame, return_inverse=True)
+        cond = self._conditioning(frames_u, noise=stage != "register")
+        inv = inv.to(dev)
+        cam_o, cam_rot = self.model.poses.cameras(frames_u, d.cam_o[frames_u].to(dev),
+                                                  d.cam_rot[frames_u].to(dev), d.box,
+                                                  grad=self._pose_learns(stage))
+        rays_o, rays_d = pixel_rays(cam_o, cam_rot, d.K.to(dev), batch.xy.to(dev), inv)
         gt = gather(d.images, batch).to(dev)
         bg = gather(d.torso_bg, batch).to(dev)
         with torch.autocast(dev.type, dtype=torch.float16, enabled=self.amp):
-            out = render_rays(self.model.head, self.model.occ, rays_o.to(dev), rays_d.to(dev), cond, bg,
+            out = render_rays(self.model.head, self.model.occ, rays_o, rays_d, cond, bg,
                               ray_frame=inv, n_samples=self.cfg.samples_per_ray, perturb=True,
                               generator=self.dgen, prune=self.cfg.train_prune,
                               backend=self.backend)
@@ -580,9 +611,11 @@ class Trainer:
     def _step(self, stage: str) -> dict:
         if stage == "torso":
             return self._torso_step()
+        if stage == "register":
+            return self._register_step()
         cfg = self.cfg
         batch = self.sampler.head(self.gen) if stage == "head" else self.sampler.lip(self.gen)
-        out, gt = self._render_batch(batch)
+        out, gt = self._render_batch(batch, stage)
         rgb = out["rgb"].float()
         err = (rgb - gt).abs().mean(-1)                                # [R]
         stats: dict[str, float] = {}
@@ -629,15 +662,35 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
+    def _register_step(self) -> dict:
+        """One step of the register stage: L1 of the frozen head on val-frame rays, into the
+        val frames' pose corrections only."""
+        batch = self.sampler.register(self.gen, self.cfg.register_rays)
+        head = self.model.head
+        frozen = [p for p in head.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            out, gt = self._render_batch(batch, "register")
+            rgb = out["rgb"].float()
+            loss = (rgb - gt).abs().mean()
+            self._backward(loss)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        mse = float(((rgb.detach() - gt) ** 2).mean())
+        return {"loss": loss.item(), "psnr": -10 * math.log10(max(mse, 1e-10)), "rays": len(rgb)}
+
     def _torso_step(self) -> dict:
         d = self.data
         dev = self.device
         batch = self.sampler.torso(self.gen, self.cfg.torso_rays_per_step)
         frames_u, inv = torch.unique(batch.frame, return_inverse=True)
         torso = self.model.torso
+        cam_o, cam_rot = self.model.poses.cameras(frames_u, d.cam_o[frames_u].to(dev),
+                                                  d.cam_rot[frames_u].to(dev), d.box, grad=False)
         with torch.autocast(dev.type, dtype=torch.float16, enabled=self.amp):
-            anchors = torso.anchor_positions(d.cam_o[frames_u].to(dev), d.cam_rot[frames_u].to(dev),
-                                             d.K.to(dev), d.size)
+            anchors = torso.anchor_positions(cam_o, cam_rot, d.K.to(dev), d.size)
             rgb, a = torso(batch.xy.to(dev), anchors[inv.to(dev)], batch.frame.to(dev), d.size)
         plate = torch.from_numpy(d.background)[batch.xy[:, 1], batch.xy[:, 0]].float().to(dev) / 255.0
         layer = a[:, None] * rgb + (1 - a[:, None]) * plate
@@ -713,6 +766,10 @@ class Trainer:
         res = {"val_psnr": float(np.mean(p_full)), "val_psnr_face": float(np.nanmean(p_face)),
                "val_psnr_mouth": float(np.mean(p_mouth)),
                "val_frames": len(frames), "val_s_per_frame": self.val_seconds_per_frame}
+        for split, idx in (("train", d.train_idx), ("val", d.val_idx)):
+            corr = self.model.poses.magnitude(idx)  # RMS pose corrections of the split
+            res[f"pose_corr_{split}_deg"] = corr["rot_deg"]
+            res[f"pose_corr_{split}_mm"] = corr["trans_mm"]
         self._write_val_png(np.concatenate(rows, 0), "final" if final else f"step_{self.global_step:07d}")
         self.runlog.write({"step": self.global_step, "stage": self.stage, "final": final, **res,
                            "elapsed_s": self.elapsed()})
