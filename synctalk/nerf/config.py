@@ -154,6 +154,12 @@ class TrainConfig:
     """blendshape attention on rays outside the eyes/brows"""
     w_lip_ssim: float = 0.2
     """lip stage: weight of 1 − SSIM on the patches"""
+    w_lip_lpips: float = 0.0
+    """lip stage: weight of LPIPS on the patches (needs lpips_backbone and lpips_linear)"""
+    lpips_backbone: str | None = None
+    """LPIPS: AlexNet trunk weights file (torchvision key names, e.g. alexnet-owt-7be5be79.pth)"""
+    lpips_linear: str | None = None
+    """LPIPS: v0.1 linear-layer weights file (lin0..lin4, e.g. the lpips package's alex.pth)"""
     # --- torso
     torso_levels: int = 8
     """torso 2-D grid levels"""
@@ -235,6 +241,10 @@ class TrainConfig:
         need(min(self.lr_pose, self.lr_register, self.pose_warmup) >= 0,
              "lr_pose, lr_register and pose_warmup ≥ 0")
         need(self.register_rays >= 16, "register_rays ≥ 16")
+        need(self.w_lip_lpips >= 0, "w_lip_lpips ≥ 0")
+        need(self.w_lip_lpips == 0 or (self.lpips_backbone and self.lpips_linear),
+             "w_lip_lpips > 0 needs the LPIPS weight files: set lpips_backbone (AlexNet trunk) "
+             "and lpips_linear (LPIPS linear layers); synctalk ships no pretrained weights")
         need(self.head_iters + self.lip_iters + self.torso_iters > 0, "nothing to train: all iters 0")
         need(0 < self.lr_final <= 1, "lr_final must be in (0, 1]")
         need(self.torso_anchors >= 1, "torso_anchors ≥ 1")

@@ -9,8 +9,9 @@ Stages (:data:`STAGES`; any with 0 iterations is skipped):
    ``w_alpha``·BCE(opacity, head mask), ``w_audio_locality``·mean(audio attention outside the
    lower-face box) and ``w_bs_locality``·mean(blendshape attention outside the eye box).
 2. **lip** — the same head, rays from :meth:`RaySampler.lip` (mouth patch + random patches):
-   L1 + ``w_lip_ssim``·(1 − SSIM) per patch, plus the locality terms. (LPIPS is not used: it
-   needs pretrained weights this project does not ship.)
+   L1 + ``w_lip_ssim``·(1 − SSIM) + ``w_lip_lpips``·LPIPS per patch, plus the locality terms.
+   LPIPS (:mod:`synctalk.metrics.lpips`) only with the weight files ``lpips_backbone`` /
+   ``lpips_linear``: this project ships no pretrained weights.
 3. **register** — the head frozen; each val frame's pose correction (below) is fitted to its
    image: ``register_rays`` rays per step spread over all val frames (the training
    sampler's face/head/AABB boxes; none aimed at the mouth, which the audio drives), plain
@@ -296,6 +297,11 @@ class Trainer:
                                   face_fraction=cfg.face_fraction, head_fraction=cfg.head_fraction,
                                   mouth_fraction=cfg.mouth_fraction,
                                   lip_patch=cfg.lip_patch, lip_random_patches=cfg.lip_random_patches)
+        self.lpips = None
+        if cfg.w_lip_lpips > 0 and cfg.lip_iters > 0:
+            from synctalk.metrics.lpips import LPIPS
+
+            self.lpips = LPIPS.from_files(cfg.lpips_backbone, cfg.lpips_linear).to(self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.dgen = self.gen if self.device.type == "cpu" else \
             torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
@@ -629,16 +635,21 @@ class Trainer:
             stats["unc"] = float(u.detach().mean())
         else:
             loss = err.mean()
-        if stage == "lip" and batch.patches is not None and cfg.w_lip_ssim > 0:
+        if stage == "lip" and batch.patches is not None and (cfg.w_lip_ssim > 0 or self.lpips):
             from synctalk.metrics.image import ssim_loss_map
 
             n, h, w_ = batch.patches
             m = n * h * w_
             pp = rgb[:m].view(n, h, w_, 3).permute(0, 3, 1, 2)
             gp = gt[:m].view(n, h, w_, 3).permute(0, 3, 1, 2)
-            s = ssim_loss_map(pp, gp, window=7)
-            loss = loss + cfg.w_lip_ssim * s
-            stats["ssim"] = 1.0 - s.item()
+            if cfg.w_lip_ssim > 0:
+                s = ssim_loss_map(pp, gp, window=7)
+                loss = loss + cfg.w_lip_ssim * s
+                stats["ssim"] = 1.0 - s.item()
+            if self.lpips is not None:
+                lp = self.lpips(pp, gp).mean()
+                loss = loss + cfg.w_lip_lpips * lp
+                stats["lpips"] = lp.item()
         o = out["opacity"].float().clamp(1e-5, 1 - 1e-5)
         if cfg.w_entropy > 0:
             ent = -(o * torch.log(o) + (1 - o) * torch.log(1 - o)).mean()
