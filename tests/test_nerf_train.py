@@ -151,6 +151,17 @@ def test_bad_input(trained, nerf_subject, tmp_path):
         Trainer(nerf_subject, tmp_path, None, resume=True, progress=False)
 
 
+def test_a_model_saved_before_pose_corrections_loads_with_prep_poses(trained, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(trained[0], old, ignore=shutil.ignore_patterns("checkpoints", "val"))
+    state = torch.load(old / "model.pt", weights_only=True)
+    del state["model"]["poses.delta"]
+    torch.save(state, old / "model.pt")
+    head = TalkingHead.load(old)
+    assert not head.model.poses.delta.any()
+    assert TalkingHead.load(trained[0]).model.poses.delta.any()
+
+
 def test_talking_head_api(trained, nerf_subject, tmp_path):
     out, _ = trained
     head = TalkingHead.load(out)

@@ -158,7 +158,10 @@ def build_model(meta: dict) -> TalkingHeadModel:
 
 
 def load_state(model: TalkingHeadModel, state: dict, where: str) -> None:
-    """Load a state dict strictly; a mismatch is a :class:`ModelFileError`."""
+    """Load a state dict strictly; a mismatch is a :class:`ModelFileError`. A model saved
+    before pose corrections existed (no ``poses.delta``) loads with none (prep's poses)."""
+    if "poses.delta" not in state:
+        state = {**state, "poses.delta": torch.zeros_like(model.poses.delta)}
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, TypeError) as e:
