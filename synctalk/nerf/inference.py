@@ -49,9 +49,8 @@ BLINK_NAMES = ("eyeBlinkLeft", "eyeBlinkRight")
 def frame_camera(model: TalkingHeadModel, data: SubjectData, f: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Box-space camera ``(cam_o [3], cam_rot [3, 3])`` (CPU float32) of subject frame ``f``:
     prep's pose with the model's correction for the frame."""
-    o, rot = model.poses.cameras(torch.tensor([f]), data.cam_o[f][None], data.cam_rot[f][None],
-                                 data.box, grad=False)
-    return o[0].detach(), rot[0].detach()
+    o, rot = model.poses.subject_cameras(data, torch.tensor([f]), grad=False)
+    return o[0], rot[0]
 
 
 def frame_rect(cam_o: torch.Tensor, cam_rot: torch.Tensor, K: torch.Tensor, size: int) -> tuple[int, int, int, int]:

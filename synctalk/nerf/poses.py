@@ -81,6 +81,16 @@ class PoseRefinement(nn.Module):
                 return cam_o, cam_rot
         return correct_cameras(cam_o, cam_rot, delta.to(cam_o.device), box)
 
+    def subject_cameras(self, data, frames: torch.Tensor, *, grad: bool = True,
+                        device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`cameras` of ``frames [B]`` of a :class:`~synctalk.nerf.data.SubjectData`
+        (its prep cameras ``cam_o``/``cam_rot`` and ``box``), on ``device`` (default: the
+        data's)."""
+        o, rot = data.cam_o[frames], data.cam_rot[frames]
+        if device is not None:
+            o, rot = o.to(device), rot.to(device)
+        return self.cameras(frames, o, rot, data.box, grad=grad)
+
     @torch.no_grad()
     def magnitude(self, frames: torch.Tensor) -> dict[str, float]:
         """RMS rotation (degrees) and translation (mm) of the corrections of ``frames``."""

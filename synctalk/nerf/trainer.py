@@ -509,7 +509,7 @@ class Trainer:
                                 plan.done + (10 if budget - spent > 10 * per_step else 0))
                     plan.target = max(floor, min(plan.planned, fit))
                     bar.total = plan.target
-                if stage != "torso" and self.global_step % cfg.occ_update_every == 0 and (
+                if stage in ("head", "lip") and self.global_step % cfg.occ_update_every == 0 and (
                         stage == "lip" or plan.done >= cfg.occ_warmup):
                     self.occ_stats = self._update_occupancy()
                 if self.global_step % cfg.log_every == 0 or plan.done == plan.target:
@@ -591,9 +591,8 @@ class Trainer:
         frames_u, inv = torch.unique(batch.frame, return_inverse=True)
         cond = self._conditioning(frames_u, noise=stage != "register")
         inv = inv.to(dev)
-        cam_o, cam_rot = self.model.poses.cameras(frames_u, d.cam_o[frames_u].to(dev),
-                                                  d.cam_rot[frames_u].to(dev), d.box,
-                                                  grad=self._pose_learns(stage))
+        cam_o, cam_rot = self.model.poses.subject_cameras(d, frames_u, grad=self._pose_learns(stage),
+                                                          device=dev)
         rays_o, rays_d = pixel_rays(cam_o, cam_rot, d.K.to(dev), batch.xy.to(dev), inv)
         gt = gather(d.images, batch).to(dev)
         bg = gather(d.torso_bg, batch).to(dev)
@@ -698,8 +697,7 @@ class Trainer:
         batch = self.sampler.torso(self.gen, self.cfg.torso_rays_per_step)
         frames_u, inv = torch.unique(batch.frame, return_inverse=True)
         torso = self.model.torso
-        cam_o, cam_rot = self.model.poses.cameras(frames_u, d.cam_o[frames_u].to(dev),
-                                                  d.cam_rot[frames_u].to(dev), d.box, grad=False)
+        cam_o, cam_rot = self.model.poses.subject_cameras(d, frames_u, grad=False, device=dev)
         with torch.autocast(dev.type, dtype=torch.float16, enabled=self.amp):
             anchors = torso.anchor_positions(cam_o, cam_rot, d.K.to(dev), d.size)
             rgb, a = torso(batch.xy.to(dev), anchors[inv.to(dev)], batch.frame.to(dev), d.size)
