@@ -114,7 +114,7 @@ class TrainConfig:
     """head-stage steps"""
     lip_iters: int = 40000
     """lip fine-tune steps"""
-    register_iters: int = 200
+    register_iters: int = 400
     """register stage: steps fitting the val frames' pose corrections to the frozen head (0 = off)"""
     torso_iters: int = 20000
     """torso-stage steps (0 = keep the subject's torso images)"""
@@ -127,7 +127,7 @@ class TrainConfig:
     """learning rates decay exponentially to this fraction at the end of a stage group"""
     lr_pose: float = 1e-4
     """AdamW learning rate of the per-frame pose corrections (0 = keep prep's poses)"""
-    lr_register: float = 1e-3
+    lr_register: float = 3e-3
     """AdamW learning rate of the val frames' pose corrections in the register stage"""
     pose_warmup: int = 1000
     """head-stage steps before the pose corrections start to learn"""
