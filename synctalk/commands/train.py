@@ -23,7 +23,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "train", help="train a talking-head model on a prepared subject",
         description="Train the tri-plane NeRF talking head on a subject directory made by "
-                    "`synctalk prep`: head stage, lip fine-tune, torso stage. Settings come "
+                    "`synctalk prep`: head stage, lip fine-tune, val-pose registration, torso "
+                    "stage. Settings come "
                     "from a preset (configs/train_<preset>.yaml), overridden by -c FILE, "
                     "SYNCTALK_* variables and the options below. Writes MODEL/config.json, "
                     "ave.pt, model.pt, checkpoints/, log.jsonl, val/ and summary.json.",
