@@ -197,7 +197,7 @@ class TalkingHead:
             InputError: the subject directory it was trained on is gone or has changed.
         """
         from synctalk.nerf.data import subject_identity
-        from synctalk.ops.backend import available
+        from synctalk.ops.backend import available, chosen
 
         model_dir = Path(model_dir)
         meta = read_model_config(model_dir)
@@ -223,6 +223,7 @@ class TalkingHead:
         if backend != "auto" and backend not in available("grid_encode"):
             raise InputError(f"backend {backend!r} is not available; available: "
                              f"{', '.join(['auto'] + available('grid_encode'))}")
+        chosen(backend)  # load (or build) the ops' backend now, so no render time includes it
         dev = torch_device(device)
         model = build_model(meta)
         load_state(model, state, str(weights if weights.is_file() else "the checkpoint"))
