@@ -61,6 +61,16 @@ def _timed(timings: dict | None, key: str, device: torch.device) -> Iterator[Non
     timings[key] = timings.get(key, 0.0) + time.perf_counter() - t
 
 
+def _hit_box(rays_o: torch.Tensor, rays_d: torch.Tensor, backend: str):
+    """The rays that hit the head AABB: ``(aabb [6], hit [R] bool, hit_idx [H], t_near [H],
+    t_far [H])`` (the entry/exit ``t`` of the hitting rays only)."""
+    aabb = torch.tensor(AABB, device=rays_o.device, dtype=rays_o.dtype)
+    t_near, t_far = ray_aabb(rays_o, rays_d, aabb, backend=backend)
+    hit = t_far > t_near
+    hit_idx = hit.nonzero()[:, 0]
+    return aabb, hit, hit_idx, t_near[hit_idx], t_far[hit_idx]
+
+
 def render_rays(field: HeadField, occ: OccupancyGrid, rays_o: torch.Tensor, rays_d: torch.Tensor,
                 cond: FrameConditioning, bg: torch.Tensor, *, ray_frame: torch.Tensor | None = None,
                 n_samples: int = 16, perturb: bool = False,
@@ -88,13 +98,10 @@ def render_rays(field: HeadField, occ: OccupancyGrid, rays_o: torch.Tensor, rays
     """
     device = rays_o.device
     n_rays = len(rays_o)
-    aabb = torch.tensor(AABB, device=device, dtype=rays_o.dtype)
     with _timed(timings, "march", device):
-        t_near, t_far = ray_aabb(rays_o, rays_d, aabb, backend=backend)
-        hit = t_far > t_near
-        hit_idx = hit.nonzero()[:, 0]
+        aabb, hit, hit_idx, t_near, t_far = _hit_box(rays_o, rays_d, backend)
         o, d = rays_o[hit_idx], rays_d[hit_idx]
-        samples = march_rays(o, d, t_near[hit_idx], t_far[hit_idx], occ.occupied, aabb, n_samples,
+        samples = march_rays(o, d, t_near, t_far, occ.occupied, aabb, n_samples,
                              perturb=perturb, generator=generator, backend=backend)
         ridx = samples.ray_indices
         xyz = o[ridx] + d[ridx] * samples.positions[:, None]
@@ -234,12 +241,9 @@ def render_rays_alive(field: HeadField, occ: OccupancyGrid, rays_o: torch.Tensor
                          f"{first_step}, {max_step}")
     device = rays_o.device
     n_rays = len(rays_o)
-    aabb = torch.tensor(AABB, device=device, dtype=rays_o.dtype)
     with _timed(timings, "march", device):
-        t_near, t_far = ray_aabb(rays_o, rays_d, aabb, backend=backend)
-        hit = t_far > t_near
-        hit_idx = hit.nonzero()[:, 0]
-        o, d, tn, tf = rays_o[hit_idx], rays_d[hit_idx], t_near[hit_idx], t_far[hit_idx]
+        aabb, hit, hit_idx, tn, tf = _hit_box(rays_o, rays_d, backend)
+        o, d = rays_o[hit_idx], rays_d[hit_idx]
         frame = None if ray_frame is None else ray_frame[hit_idx]
     state = AliveState.create(len(hit_idx), 3, 3, device=device)  # extras: amb_audio, amb_bs, unc
     alive = torch.arange(len(hit_idx), device=device)

@@ -464,6 +464,18 @@ def ray_aabb(rays_o: Tensor, rays_d: Tensor, aabb: Tensor, near: float) -> tuple
 _OCCUPANCY_CACHE: tuple | None = None  # (weakref to the grid, its version, its bitfield)
 
 
+def _occupancy_args(occupied: Tensor | None, device: torch.device
+                    ) -> tuple[Tensor | None, Tensor | None, int]:
+    """The marching kernels' occupancy arguments ``(occupied, bits, bits_res)``: none without
+    a grid; on the CPU the cached bitfield of the ``[res]³`` grid and its resolution; on CUDA
+    the bool grid itself."""
+    if occupied is None:
+        return None, None, 0
+    if device.type == "cpu":
+        return None, _occupancy_bits(occupied), occupied.shape[0]
+    return _prep(occupied, torch.bool), None, 0
+
+
 def _occupancy_bits(occupied: Tensor) -> Tensor:
     """The CPU occupancy grid as a bitfield (``pack_bitfield``, 1 bit per cell: 8× less
     memory for the marching kernel to miss in), cached for the last grid seen — a grid
@@ -500,12 +512,7 @@ def march_rays(rays_o: Tensor, rays_d: Tensor, t_near: Tensor, t_far: Tensor, oc
     noise = None
     if perturb:
         noise = torch.rand((N, n_samples), generator=generator, device=device, dtype=dtype)
-    occ, bits, bits_res = None, None, 0
-    if occupied is not None:
-        if device.type == "cpu":
-            bits, bits_res = _occupancy_bits(occupied), occupied.shape[0]
-        else:
-            occ = _prep(occupied, torch.bool)
+    occ, bits, bits_res = _occupancy_args(occupied, device)
     box = aabb.to(device=device, dtype=dtype).contiguous()
     ray_indices, t_starts, t_ends, t_pos, offsets, counts = load().march_rays(
         _prep(rays_o, dtype), _prep(rays_d, dtype), _prep(t_near, dtype), _prep(t_far, dtype), occ, box,
@@ -600,12 +607,7 @@ def march_next(rays_o: Tensor, rays_d: Tensor, t_near: Tensor, t_far: Tensor, ne
                           next_index=next_index, alive=alive, occupied=occupied)
     if _cuda_unsupported(device):
         return _march_next_torch(rays_o, rays_d, t_near, t_far, next_index, alive, occupied, aabb, n_samples, k)
-    occ, bits, bits_res = None, None, 0
-    if occupied is not None:
-        if device.type == "cpu":
-            bits, bits_res = _occupancy_bits(occupied), occupied.shape[0]
-        else:
-            occ = _prep(occupied, torch.bool)
+    occ, bits, bits_res = _occupancy_args(occupied, device)
     box = aabb.to(device=device, dtype=dtype).contiguous()
     t_starts, t_ends, count = load().march_next(
         _prep(rays_o, dtype), _prep(rays_d, dtype), _prep(t_near, dtype), _prep(t_far, dtype), next_index,
